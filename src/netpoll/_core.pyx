@@ -1,0 +1,2 @@
+# cython: language_level=3
+"""netpoll._core — placeholder until the reactor lands."""

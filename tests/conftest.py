@@ -1,0 +1,104 @@
+"""Shared fixtures.
+
+* ``run``: runs a coroutine to completion on a fresh event loop, once on stock
+  asyncio and once on uvloop (when installed), under a hard deadline.
+* In the debug build (NETPOLL_DEBUG=1) every test must leave no live chunk,
+  node, connection or operator behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from netpoll import _buffer
+
+T = TypeVar("T")
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the test extras
+    uvloop = None
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed")
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _live_counts() -> dict[str, int]:
+    counts = dict(_buffer._debug_counts())
+    try:
+        from netpoll import _core
+
+        counts.update(_core._debug_counts())
+    except (ImportError, AttributeError):
+        pass
+    return counts
+
+
+@pytest.fixture(params=LOOPS)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def run(loop_kind: str) -> Callable[..., Any]:
+    """run(coro, timeout=10): the coroutine's result, on the parametrized loop."""
+
+    def _run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        loop = new_loop(loop_kind)
+        try:
+            return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        finally:
+            _shutdown(loop)
+
+    return _run
+
+
+def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a condition until it holds (bounded)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+async def maybe_await(x: Awaitable[T] | T) -> T | Any:
+    if asyncio.iscoroutine(x) or isinstance(x, asyncio.Future):
+        return await x
+    return x
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Any:
+    yield
+    if not _buffer.NETPOLL_DEBUG_BUILD:
+        return
+    for _ in range(3):
+        gc.collect()
+    counts = _live_counts()
+    assert all(v == 0 for v in counts.values()), f"live objects after test: {counts}"
