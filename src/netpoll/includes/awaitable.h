@@ -1,0 +1,168 @@
+/* NpReady: an awaitable whose result (or error) is known when it is made.
+ *
+ * `await reader.next(n)` with the bytes already buffered must cost about as
+ * much as the LinkBuffer call itself. A coroutine object would allocate a
+ * frame and end in StopIteration; this type instead answers the coroutine's
+ * SEND through tp_as_async.am_send (PyIter_Send, CPython >= 3.10) with
+ * PYGEN_RETURN and the value, raising nothing. tp_iternext (StopIteration)
+ * keeps it usable by any other driver. Objects are recycled on a free list.
+ */
+#ifndef NETPOLL_AWAITABLE_H
+#define NETPOLL_AWAITABLE_H
+#include <Python.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;   /* result, or the exception when failed != 0 */
+    int failed;
+} NpReady;
+
+static PyTypeObject NpReady_Type;
+#define NPREADY_FREELIST 256
+static NpReady *npready_free[NPREADY_FREELIST];
+static int npready_nfree = 0;
+
+static PyObject *
+np_ready_make(PyObject *value, int failed)
+{
+    NpReady *op;
+    if (npready_nfree > 0) {
+        op = npready_free[--npready_nfree];
+        (void)PyObject_Init((PyObject *)op, &NpReady_Type);
+    } else {
+        op = PyObject_New(NpReady, &NpReady_Type);
+        if (op == NULL)
+            return NULL;
+    }
+    Py_INCREF(value);
+    op->value = value;
+    op->failed = failed;
+    return (PyObject *)op;
+}
+
+static PyObject *NpReady_New(PyObject *value) { return np_ready_make(value, 0); }
+static PyObject *NpReady_Fail(PyObject *exc) { return np_ready_make(exc, 1); }
+
+static void
+npready_dealloc(NpReady *op)
+{
+    Py_CLEAR(op->value);
+    if (npready_nfree < NPREADY_FREELIST)
+        npready_free[npready_nfree++] = op;
+    else
+        PyObject_Free(op);
+}
+
+static PyObject *
+npready_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+static void
+npready_set_error(NpReady *op)
+{
+    PyObject *exc = op->value;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+}
+
+static PySendResult
+npready_am_send(PyObject *self, PyObject *arg, PyObject **result)
+{
+    NpReady *op = (NpReady *)self;
+    (void)arg;
+    if (op->failed) {
+        npready_set_error(op);
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    Py_INCREF(op->value);
+    *result = op->value;
+    return PYGEN_RETURN;
+}
+
+static PyObject *
+npready_iternext(PyObject *self)
+{
+    NpReady *op = (NpReady *)self;
+    PyObject *stop;
+    if (op->failed) {
+        npready_set_error(op);
+        return NULL;
+    }
+    stop = PyObject_CallOneArg(PyExc_StopIteration, op->value);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    return NULL;
+}
+
+static PyObject *
+npready_send(PyObject *self, PyObject *arg)
+{
+    (void)arg;
+    return npready_iternext(self);
+}
+
+static PyObject *
+npready_throw(PyObject *self, PyObject *args)
+{
+    PyObject *typ, *val = NULL, *tb = NULL;
+    (void)self;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb))
+        return NULL;
+    if (PyExceptionInstance_Check(typ))
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    else
+        PyErr_SetObject(typ, val);
+    return NULL;
+}
+
+static PyObject *
+npready_close(PyObject *self, PyObject *unused)
+{
+    (void)self; (void)unused;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef npready_methods[] = {
+    {"send", (PyCFunction)npready_send, METH_O, NULL},
+    {"throw", (PyCFunction)npready_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)npready_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods npready_as_async = {
+    npready_await,   /* am_await */
+    0,               /* am_aiter */
+    0,               /* am_anext */
+    npready_am_send, /* am_send */
+};
+
+static PyTypeObject NpReady_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    "netpoll._core.Ready",              /* tp_name */
+    sizeof(NpReady),                    /* tp_basicsize */
+    0,                                  /* tp_itemsize */
+    (destructor)npready_dealloc,        /* tp_dealloc */
+    0, 0, 0,                            /* vectorcall_offset, getattr, setattr */
+    &npready_as_async,                  /* tp_as_async */
+    0, 0, 0, 0, 0, 0, 0,                /* repr, number, sequence, mapping, hash, call, str */
+    0, 0, 0,                            /* getattro, setattro, as_buffer */
+    Py_TPFLAGS_DEFAULT,                 /* tp_flags */
+    "an awaitable whose result is already known", /* tp_doc */
+    0, 0, 0, 0,                         /* traverse, clear, richcompare, weaklistoffset */
+    npready_await,                      /* tp_iter */
+    npready_iternext,                   /* tp_iternext */
+    npready_methods,                    /* tp_methods */
+};
+
+static int
+NpReady_Init(void)
+{
+    return PyType_Ready(&NpReady_Type);
+}
+
+#endif
