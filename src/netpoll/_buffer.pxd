@@ -90,6 +90,9 @@ cdef class LinkBuffer:
     # Drop n readable bytes (n <= length) and unlink the nodes emptied.
     cdef Py_ssize_t index_of(self, const char* delim, Py_ssize_t dlen, Py_ssize_t skip) noexcept
     # Offset of the first delim in the readable bytes at or after `skip`, or -1.
+    cdef int release_keep(self, Py_ssize_t keep) except -1
+    # Like release_all, but an empty buffer keeps one private chunk of at most
+    # `keep` bytes for the next read.
     cdef int release_all(self) except -1
     # Free every node when nothing is readable or pending; else trim consumed ones.
     cdef object c_next(self, Py_ssize_t n)

@@ -286,13 +286,16 @@ cdef class LinkBuffer:
     valid and unchanged for as long as it is held.
     """
 
-    def __cinit__(self, size=4096):
+    def __cinit__(self):
         self.rd = NULL
         self.fl = NULL
         self.wr = NULL
         self.length = 0
         self.pending = 0
         self.closed = False
+        self.hint = 0
+
+    def __init__(self, size=4096):
         self.hint = _size_arg("LinkBuffer", size)
 
     def __dealloc__(self):
@@ -501,6 +504,16 @@ cdef class LinkBuffer:
                 return -1
             r = r.next
 
+    cdef int release_keep(self, Py_ssize_t keep) except -1:
+        cdef Node* r = self.rd
+        if r != NULL and r == self.wr and self.length == 0 and self.pending == 0 \
+                and (<Chunk>r.chunk).cap <= keep and sole_owner(r):
+            # one small private chunk: keep it for the next read (no allocation)
+            r.off = r.end = r.malloc = 0
+            r.cap = (<Chunk>r.chunk).cap
+            return 0
+        return self.release_all()
+
     cdef int release_all(self) except -1:
         if self.rd == NULL:
             return 0
@@ -538,7 +551,7 @@ cdef class LinkBuffer:
         return out
 
     cdef LinkBuffer c_slice(self, Py_ssize_t n):
-        cdef LinkBuffer out = LinkBuffer(0)
+        cdef LinkBuffer out = LinkBuffer.__new__(LinkBuffer)
         cdef Node* r
         cdef Node* s
         cdef Py_ssize_t left = n, k

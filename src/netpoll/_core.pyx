@@ -96,7 +96,7 @@ NETPOLL_DEBUG_BUILD = bool(NETPOLL_DEBUG)
 
 cdef object CancelledError = asyncio.CancelledError
 cdef object ready_none = None
-cdef object _current_tasks = None
+cdef dict _current_tasks = None
 cdef object _swap_current_task = None
 try:
     from _asyncio import _swap_current_task as _sct   # CPython >= 3.12
@@ -280,6 +280,7 @@ cdef class Poller:
     cdef long timer_seq
     cdef bint in_batch
     cdef bint kicked
+    cdef int spin             # epoll_wait rounds per loop callback
     cdef object __weakref__
 
     def __cinit__(self, loop):
@@ -299,6 +300,7 @@ cdef class Poller:
         self.timer_handle = None
         self.timer_when = 0
         self.timer_seq = 0
+        self.spin = int(os.environ.get("NETPOLL_SPIN", "4"))
         loop.add_reader(self.epfd, self._on_ready)
         weakref.finalize(loop, _close_fd, self.epfd)
 
@@ -356,21 +358,26 @@ cdef class Poller:
         self.run_pending()
 
     def _on_ready(self):
-        cdef int n, i
+        # Like Go's poller, poll again without blocking after a non-empty
+        # batch: requests that arrived while handlers ran are served in this
+        # callback instead of costing another trip through the asyncio loop.
+        cdef int n, i, rounds = 0
         cdef Connection c
-        n = epoll_wait(self.epfd, self.events, self.nevents, 0)
-        if n <= 0:
-            return
-        self.in_batch = True
-        try:
-            for i in range(n):
-                c = <Connection>self.events[i].data.ptr
-                c.on_event(self.events[i].events)
-        finally:
-            self.in_batch = False
-        if n == self.nevents and self.nevents < 65536:
-            self._grow()
-        self.run_pending()
+        while rounds < self.spin:
+            n = epoll_wait(self.epfd, self.events, self.nevents, 0)
+            if n <= 0:
+                return
+            rounds += 1
+            self.in_batch = True
+            try:
+                for i in range(n):
+                    c = <Connection>self.events[i].data.ptr
+                    c.on_event(self.events[i].events)
+            finally:
+                self.in_batch = False
+            if n == self.nevents and self.nevents < 65536:
+                self._grow()
+            self.run_pending()
 
     cdef _grow(self):
         cdef epoll_event* bigger = <epoll_event*>c_malloc(
@@ -633,7 +640,7 @@ cdef class Handler:
             if _swap_current_task is not None:
                 _swap_current_task(self.loop, prev)
             elif prev is None:
-                del _current_tasks[self.loop]
+                _current_tasks.pop(self.loop, None)
             else:
                 _current_tasks[self.loop] = prev
         except Exception:
@@ -764,8 +771,8 @@ cdef class Connection:
         global live_connections
         self.fd = -1
         self.close_callbacks = []
-        self.inbuf = LinkBuffer(0)
-        self.outbuf = LinkBuffer(0)
+        self.inbuf = LinkBuffer.__new__(LinkBuffer)
+        self.outbuf = LinkBuffer.__new__(LinkBuffer)
         if NETPOLL_DEBUG:
             live_connections += 1
 
@@ -1002,7 +1009,7 @@ cdef class Connection:
         if self.paused and self.inbuf.length < self.read_limit // 2:
             self.paused = False
             self.update_events()
-        self.inbuf.release_all()
+        self.inbuf.release_keep(self.book_size)
         if self.close_when_done and self.output_drained():
             self.close()
         return 0

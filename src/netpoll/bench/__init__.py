@@ -37,7 +37,7 @@ The server is pinned to one core and the C load generator to another.  The
 columns: req/s; p50/p99 latency (send -> full response) in microseconds;
 server user-space CPU microseconds per request (what the library itself costs:
 on loopback the kernel dominates total CPU); server total CPU per request;
-server CPU%% (near 100 = the server is the bottleneck); throughput ratios to
+server CPU% (near 100 = the server is the bottleneck); throughput ratios to
 uvloop's Protocol and to the C server; errors.
 """
 
@@ -133,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         case = h.Case(f"rpc {_size(size)} x{conns}", size, conns, mode="frame")
         suites.append((case, specs, {"uvloop": "uvloop-rpc-protocol", "C": "c-echo"}))
 
+    if args.peers:  # names differ per case (uvloop-protocol, uvloop-rpc-protocol)
+        known = [s for _, specs, _ in suites for s in specs]
+        keep = {s.name for s in h.select_peers(known, args.peers)}
+        suites = [(c, [s for s in specs if s.name in keep], r) for c, specs, r in suites]
     rows, runs, skipped = [], [], []
     for case, specs, refs in suites:
-        specs = h.select_peers(specs, args.peers) if args.peers else specs
+        if not specs:
+            continue
         res = h.run_suite(
             specs, [case], tools, args.repeat, args.duration, args.warmup, args.host, refs
         )

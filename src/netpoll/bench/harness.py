@@ -30,10 +30,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 import platform
-import selectors
 import shutil
 import signal
 import socket
@@ -65,6 +66,7 @@ __all__ = [
     "format_table",
     "have_uvloop",
     "machine_info",
+    "markdown_report",
     "measure",
     "netpoll_echo_spec",
     "netpoll_rpc_spec",
@@ -209,8 +211,6 @@ class Case:
 
 def have_uvloop() -> bool:
     """True if uvloop can be imported by the current interpreter."""
-    import importlib.util
-
     return importlib.util.find_spec("uvloop") is not None
 
 
@@ -312,7 +312,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
+    pids: list[int] = []
+    todo = [pid]
     while todo and len(pids) < 4096:
         p = todo.pop()
         pids.append(p)
@@ -448,22 +449,32 @@ def _port_accepts(host: str, port: int) -> bool:
 
 
 class ServerProcess:
-    """A running server; use as a context manager so it is always stopped."""
+    """A running server; use as a context manager so it is always stopped.
+
+    Its stdout and stderr go to temporary files, not pipes: a chatty server
+    can never block on a full pipe, and no reader thread is needed.
+    """
 
     def __init__(
         self, spec: ServerSpec, host: str, port: int, cpu: int | None, ready_timeout: float = 30.0
     ) -> None:
         self.spec, self.host, self.port = spec, host, port
-        self._err = tempfile.TemporaryFile(mode="w+")
+        self._out = tempfile.TemporaryFile()
+        self._err = tempfile.TemporaryFile()
         env = {**os.environ, **(spec.env or {})}
-        self.proc = _spawn_pinned(
-            cpu,
-            spec.command(host, port),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            env=env,
-        )
+        try:
+            self.proc = _spawn_pinned(
+                cpu,
+                spec.command(host, port),
+                stdin=subprocess.DEVNULL,
+                stdout=self._out,
+                stderr=self._err,
+                env=env,
+            )
+        except OSError as exc:
+            self._out.close()
+            self._err.close()
+            raise BenchError(f"cannot start {spec.name}: {exc}") from exc
         try:
             self._wait_ready(ready_timeout)
         except BaseException:
@@ -474,46 +485,32 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def _wait_ready(self, timeout: float) -> None:
-        assert self.proc.stdout is not None
-        out = self.proc.stdout
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(out, selectors.EVENT_READ)
-            polls = 0
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise BenchError(
-                        f"{self.spec.name} exited with {self.proc.returncode}"
-                        f" before it was ready:\n{self.stderr_tail()}"
-                    )
-                if sel.select(0.05):
-                    line = out.readline()
-                    if line.strip().lower().startswith("ready"):
-                        break
-                    if line == "":  # stdout closed: fall back to polling the port
-                        sel.unregister(out)
-                        time.sleep(0.05)
-                polls += 1
-                if polls % 4 == 0 and _port_accepts(self.host, self.port):
-                    break
-            else:
-                raise BenchError(
-                    f"{self.spec.name} not ready after {timeout:.0f} s:\n{self.stderr_tail()}"
-                )
-        # Keep draining stdout so a chatty server never blocks on a full pipe.
-        threading.Thread(target=self._drain, args=(out,), daemon=True).start()
+    def _said_ready(self) -> bool:
+        self._out.seek(0)
+        head = self._out.read(65536).decode(errors="replace")
+        return any(line.strip().lower().startswith("ready") for line in head.splitlines())
 
-    @staticmethod
-    def _drain(out: Any) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            for _ in out:
-                pass
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        polls = 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.spec.name} exited with {self.proc.returncode}"
+                    f" before it was ready:\n{self.stderr_tail()}"
+                )
+            if self._said_ready():
+                return
+            polls += 1
+            if polls % 5 == 0 and _port_accepts(self.host, self.port):
+                return
+            time.sleep(0.02)
+        raise BenchError(f"{self.spec.name} not ready after {timeout:.0f} s:\n{self.stderr_tail()}")
 
     def stderr_tail(self, limit: int = 2000) -> str:
         with contextlib.suppress(OSError, ValueError):
             self._err.seek(0)
-            return self._err.read()[-limit:]
+            return self._err.read().decode(errors="replace")[-limit:]
         return ""
 
     def alive(self) -> bool:
@@ -528,9 +525,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        if self.proc.stdout:
-            with contextlib.suppress(OSError):
-                self.proc.stdout.close()
+        self._out.close()
         self._err.close()
 
     def __enter__(self) -> ServerProcess:
@@ -551,14 +546,23 @@ def run_loadgen(
     server_cpu: int | None = None,
     client_cpu: int | None = None,
     connect_timeout: float = 20.0,
+    verify: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run loadgen once; if `server_pid` is given, add the server's CPU/RSS over the window."""
+    """Run loadgen once; if `server_pid` is given, add the server's CPU/RSS over the window.
+
+    `verify` makes loadgen check every response byte (a wrong byte is an error);
+    `extra_args` are passed to loadgen as they are.
+    """
     argv = [
         str(tools.loadgen), "-H", host, "-p", str(port),
         "-c", str(case.connections), "-s", str(case.size), "-d", str(case.depth),
         "-t", str(duration), "-w", str(warmup), "-i", str(case.idle), "-m", case.mode,
         "-T", str(connect_timeout),
     ]  # fmt: skip
+    if verify:
+        argv.append("-V")
+    argv += extra_args
     proc = _spawn_pinned(client_cpu, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     limit = connect_timeout + warmup + duration + 30
     killer = threading.Timer(limit, proc.kill)
@@ -639,6 +643,8 @@ def measure(
     warmup: float,
     host: str = "127.0.0.1",
     cpus: tuple[int | None, int | None] | None = None,
+    verify: bool = False,
+    loadgen_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Start `spec`, drive it with `case` for `duration` s after `warmup` s, stop it."""
     server_cpu, client_cpu = cpus if cpus is not None else cpu_plan()
@@ -646,7 +652,8 @@ def measure(
     with ServerProcess(spec, host, port, server_cpu) as server:
         result = run_loadgen(
             tools, host, port, case, duration, warmup,
-            server_pid=server.pid, server_cpu=server_cpu, client_cpu=client_cpu,
+            server_pid=server.pid, server_cpu=server_cpu, client_cpu=client_cpu, verify=verify,
+            extra_args=loadgen_args,
         )  # fmt: skip
         if not server.alive():
             result["errors"] = max(1, int(result.get("errors", 0)))
@@ -870,6 +877,29 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]
     return "\n".join([head, sep, *body])
 
 
+def markdown_report(
+    result: SuiteResult, columns: Sequence[Column], meta: Mapping[str, Any], title: str
+) -> str:
+    """Title, machine, table and notes as one markdown document."""
+    pin = meta.get("pinning") or (None, None)
+    lines = [
+        f"# {title}",
+        "",
+        f"- machine: {meta.get('cpu')}, {meta.get('cores')} cores, kernel {meta.get('kernel')}",
+        f"- Python {meta.get('python')}, uvloop {meta.get('uvloop')}, {meta.get('time')}",
+        f"- server pinned to cpu {pin[0]}, C load generator to cpu {pin[1]}",
+        "- user us/req: the server's user-space CPU per request; cpu us/req adds kernel time;"
+        " `x <peer>`: req/s ratio to that peer",
+        "",
+        format_markdown(result.rows, columns),
+        "",
+    ]
+    lines += [f"- {name} was skipped (not available)" for name in result.skipped]
+    if note := contention_note(result.runs):
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"
+
+
 def machine_info() -> dict[str, Any]:
     """Where the numbers come from: CPU model, cores, kernel, Python, uvloop."""
     model = ""
@@ -881,9 +911,7 @@ def machine_info() -> dict[str, Any]:
     uv = None
     if have_uvloop():
         with contextlib.suppress(Exception):
-            import uvloop
-
-            uv = uvloop.__version__
+            uv = str(importlib.import_module("uvloop").__version__)
     return {
         "cpu": model,
         "cores": os.cpu_count(),
@@ -910,11 +938,10 @@ def plot_chart(
     rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
 ) -> bool:
     """Grouped bars of req/s and user CPU µs/request per case; False if no matplotlib."""
-    try:
-        import matplotlib
-
+    try:  # optional dependency, imported by name so type checkers need no stubs
+        matplotlib = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         return False
     cases = list(dict.fromkeys(r["case"] for r in rows))

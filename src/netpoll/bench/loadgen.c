@@ -132,6 +132,7 @@ typedef struct conn {
     uint32_t hdr_got; /* frame: header bytes received */
     uint8_t hdr[4];
     uint64_t body_left; /* frame: payload bytes still expected */
+    uint64_t body_len;  /* frame: length of the current response payload */
     uint32_t inflight;
     uint32_t head, tail; /* ring of send timestamps, `depth` slots */
     uint64_t *ts;
@@ -151,7 +152,9 @@ static struct {
     uint64_t nreq;     /* 0 = run for `duration` */
     double connect_timeout;
     int quiet;
-} opt = {"127.0.0.1", NULL, NULL, 50, 1024, 1, 5.0, 1.0, 0, MODE_ECHO, 0, 10.0, 0};
+    int verify;
+    int busy;
+} opt = {"127.0.0.1", NULL, NULL, 50, 1024, 1, 5.0, 1.0, 0, MODE_ECHO, 0, 10.0, 0, 0, 0};
 
 static int ep = -1;
 static conn_t *conns;
@@ -161,7 +164,7 @@ static size_t sendbuf_len;
 static size_t reqlen;
 static char rbuf[RBUF_SIZE];
 static int phase = PH_WARMUP;
-static uint64_t measured, warm_done, errors, connect_errors, frame_errors;
+static uint64_t measured, warm_done, errors, connect_errors, frame_errors, data_errors;
 static int live_active;
 static volatile sig_atomic_t interrupted;
 
@@ -203,6 +206,9 @@ static void usage(FILE *f)
             "  -n N      stop after N measured responses instead of after -t\n"
             "  -T SEC    timeout for establishing all connections (default 10)\n"
             "  -q        no progress markers on stderr\n"
+            "  -V        verify every response byte (mismatches count as errors)\n"
+            "  -b        busy-poll (epoll_wait with timeout 0): the server never has to wake\n"
+            "            the generator; its core shows 100%% busy, see client_busy_pct instead\n"
             "Prints one JSON line: requests, seconds, rps, p50_us, p99_us, p999_us, errors,\n"
             "connections, and extras (mean/min/max latency, client_cpu_pct, ...).\n");
 }
@@ -296,6 +302,10 @@ static int consume(conn_t *c, const uint8_t *p, size_t n, uint64_t now)
     if (opt.mode == MODE_ECHO) {
         while (n > 0) {
             uint64_t need = reqlen - c->rx_have;
+            size_t take = n < need ? n : (size_t)need;
+            if (opt.verify && memcmp(p, sendbuf + c->rx_have, take) != 0)
+                data_errors++;
+            p += take;
             if (n < need) {
                 c->rx_have += n;
                 return 0;
@@ -322,8 +332,12 @@ static int consume(conn_t *c, const uint8_t *p, size_t n, uint64_t now)
             if (len != opt.size)
                 frame_errors++;
             c->body_left = len;
+            c->body_len = len;
         }
         size_t take = n < c->body_left ? n : (size_t)c->body_left;
+        if (opt.verify && c->body_len == opt.size &&
+            memcmp(p, sendbuf + 4 + (c->body_len - c->body_left), take) != 0)
+            data_errors++;
         p += take;
         n -= take;
         c->body_left -= take;
@@ -495,7 +509,7 @@ int main(int argc, char **argv)
     int ch;
     double v;
     int t_given = 0;
-    while ((ch = getopt(argc, argv, "H:p:u:c:s:d:t:w:i:m:n:T:qh")) != -1) {
+    while ((ch = getopt(argc, argv, "H:p:u:c:s:d:t:w:i:m:n:T:qVbh")) != -1) {
         int bad = 0;
         switch (ch) {
         case 'H': opt.host = optarg; break;
@@ -510,6 +524,8 @@ int main(int argc, char **argv)
         case 'n': bad = parse_num(optarg, &v) || v < 1; opt.nreq = (uint64_t)v; break;
         case 'T': bad = parse_num(optarg, &v) || v <= 0; opt.connect_timeout = v; break;
         case 'q': opt.quiet = 1; break;
+        case 'V': opt.verify = 1; break;
+        case 'b': opt.busy = 1; break;
         case 'm':
             if (strcmp(optarg, "echo") == 0)
                 opt.mode = MODE_ECHO;
@@ -602,6 +618,7 @@ int main(int argc, char **argv)
     uint64_t warm_end = start + (uint64_t)(opt.warmup * 1e9);
     uint64_t t_start = start, t_end = start, meas_end = 0;
     double cpu0 = 0.0, cpu1 = 0.0;
+    uint64_t idle_ns = 0;
     if (opt.warmup <= 0) {
         phase = PH_MEASURE;
         meas_end = start + (uint64_t)(opt.duration * 1e9);
@@ -640,7 +657,11 @@ int main(int argc, char **argv)
         int ms = until > now ? (int)((until - now) / 1000000ull) + 1 : 0;
         if (ms > 100)
             ms = 100;
+        if (opt.busy)
+            ms = 0;
         int n = epoll_wait(ep, evs, MAX_EVENTS, ms);
+        if (n <= 0 && opt.busy && phase == PH_MEASURE)
+            idle_ns += now_ns() - now; /* an empty poll: time the generator had to spare */
         for (int i = 0; i < n; i++) {
             conn_t *c = evs[i].data.ptr;
             if (c->state != CS_OPEN)
@@ -668,16 +689,20 @@ int main(int argc, char **argv)
            "\"errors\": %llu, \"connections\": %d, "
            "\"idle\": %d, \"size\": %zu, \"depth\": %u, \"mode\": \"%s\", "
            "\"mean_us\": %.1f, \"min_us\": %.1f, \"max_us\": %.1f, "
-           "\"connect_errors\": %llu, \"frame_errors\": %llu, \"open_at_end\": %d, "
-           "\"warmup_requests\": %llu, \"connect_seconds\": %.3f, \"client_cpu_pct\": %.1f}\n",
+           "\"connect_errors\": %llu, \"frame_errors\": %llu, \"data_errors\": %llu, "
+           "\"open_at_end\": %d, "
+           "\"warmup_requests\": %llu, \"connect_seconds\": %.3f, \"client_cpu_pct\": %.1f, "
+           "\"client_busy_pct\": %.1f}\n",
            (unsigned long long)measured, secs, (double)measured / secs, hist_quantile(0.50) / 1e3,
            hist_quantile(0.99) / 1e3, hist_quantile(0.999) / 1e3,
-           (unsigned long long)(errors + frame_errors), opt.conns, opt.idle, opt.size, opt.depth,
+           (unsigned long long)(errors + frame_errors + data_errors), opt.conns, opt.idle, opt.size, opt.depth,
            opt.mode == MODE_ECHO ? "echo" : "frame", mean / 1e3,
            hist_total ? (double)hist_min / 1e3 : 0.0, (double)hist_max / 1e3,
-           (unsigned long long)connect_errors, (unsigned long long)frame_errors, established,
+           (unsigned long long)connect_errors, (unsigned long long)frame_errors,
+           (unsigned long long)data_errors, established,
            (unsigned long long)warm_done, (double)(t_conn1 - t_conn0) / 1e9,
-           100.0 * (cpu1 - cpu0) / secs);
+           100.0 * (cpu1 - cpu0) / secs,
+           opt.busy ? 100.0 * (1.0 - (double)idle_ns / 1e9 / secs) : 100.0 * (cpu1 - cpu0) / secs);
     fflush(stdout);
     return 0;
 }

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import resource
 import signal
 import socket
@@ -39,8 +40,9 @@ KINDS = ("protocol", "buffered", "streams", "rpc-protocol", "rpc-buffered", "rpc
 
 _HDR = struct.Struct(">I")
 _MAX_FRAME = 64 * 1024 * 1024
-_READ_SIZE = 256 * 1024
-_MIN_ROOM = 16 * 1024
+_READ_SIZE = 256 * 1024  # largest read for Streams (asyncio's Protocol reads are 256 KiB too)
+_BUF_SIZE = 64 * 1024  # a BufferedProtocol's per-connection buffer, preallocated
+_MIN_ROOM = 16 * 1024  # compact/grow the RPC buffer when less room than this is left
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -80,7 +82,7 @@ class EchoProtocol(_Tracked, asyncio.Protocol):
 
 class EchoBufferedProtocol(_Tracked, asyncio.BufferedProtocol):
     def __init__(self) -> None:
-        self.buf = bytearray(_READ_SIZE)
+        self.buf = bytearray(_BUF_SIZE)
         self.view = memoryview(self.buf)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -90,7 +92,7 @@ class EchoBufferedProtocol(_Tracked, asyncio.BufferedProtocol):
         self.transport.write(self.view[:nbytes])
         if self.transport.get_write_buffer_size():
             # The transport may still refer to our memory; never overwrite it.
-            self.buf = bytearray(_READ_SIZE)
+            self.buf = bytearray(_BUF_SIZE)
             self.view = memoryview(self.buf)
 
 
@@ -125,7 +127,7 @@ class RpcProtocol(_Tracked, asyncio.Protocol):
 
 class RpcBufferedProtocol(_Tracked, asyncio.BufferedProtocol):
     def __init__(self) -> None:
-        self.buf = bytearray(_READ_SIZE)
+        self.buf = bytearray(_BUF_SIZE)
         self.view = memoryview(self.buf)
         self.start = 0  # first unparsed byte
         self.end = 0  # end of received bytes
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     _raise_nofile()
     if args.uvloop:
         try:
-            import uvloop
+            uvloop = importlib.import_module("uvloop")
         except ImportError:
             print("uvloop is not installed", file=sys.stderr)
             return 2

@@ -1,0 +1,3 @@
+from netpoll.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""``python -m netpoll``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9000, help="TCP port (default 9000; 0 = any)")
+    p.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead of TCP")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m netpoll",
+        description="netpoll: zero-copy buffers and an epoll reactor inside asyncio.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("bench", help="run the headline benchmark and print the comparison table",
+                   add_help=False)
+    echo = sub.add_parser("echo", help="run an echo server until SIGINT/SIGTERM")
+    _server_args(echo)
+    rpc = sub.add_parser("rpc-server", help="run the length-prefixed RPC server "
+                                            "(4-byte big-endian length + payload)")
+    _server_args(rpc)
+    if argv and argv[0] == "bench":
+        from netpoll.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from netpoll.servers import run_server
+
+    kind = "echo" if args.command == "echo" else "rpc"
+    return run_server(kind, args.host, args.port, use_uvloop=args.uvloop, unix=args.unix)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Ready-made netpoll servers: echo and length-prefixed RPC.
+
+Used by ``python -m netpoll echo`` / ``rpc-server`` and by the benchmarks.
+They are also the shortest complete examples of the handler model: each
+``on_request`` runs when input is buffered, takes what it can parse, and
+flushes its answer once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import netpoll
+from netpoll._core import Connection
+
+__all__ = ["echo_on_request", "rpc_on_request", "run_server"]
+
+Handler = Callable[[Any, Connection], Awaitable[None]]
+
+
+async def echo_on_request(ctx: Any, conn: Connection) -> None:
+    """Echo whatever arrived, without copying: the input nodes move to the output."""
+    conn.write_buffer(await conn.slice(conn.len()))
+    await conn.flush()
+
+
+async def rpc_on_request(ctx: Any, conn: Connection) -> None:
+    """Answer every complete frame (4-byte big-endian length + payload) in the buffer.
+
+    The request is decoded and a new response frame is encoded into the
+    output buffer; all answers of one wakeup go out in one flush.
+    """
+    answered = False
+    while conn.len() >= 4:
+        n = int.from_bytes(await conn.peek(4), "big")
+        if conn.len() < 4 + n:
+            break
+        await conn.skip(4)
+        payload = await conn.next(n)
+        out = conn.malloc(4 + n)
+        out[:4] = n.to_bytes(4, "big")
+        out[4:] = payload
+        answered = True
+    if answered:
+        await conn.flush()
+
+
+HANDLERS: dict[str, Handler] = {"echo": echo_on_request, "rpc": rpc_on_request}
+
+
+async def serve_forever(kind: str, host: str, port: int, unix: str | None = None,
+                        ready: Callable[[str], None] | None = None) -> None:
+    """Serve `kind` ("echo" or "rpc") until SIGINT/SIGTERM, then shut down gracefully."""
+    if unix:
+        ln = netpoll.create_listener("unix", unix)
+    else:
+        ln = netpoll.create_listener("tcp", (host, port))
+    server = netpoll.EventLoop(HANDLERS[kind])
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.ensure_future(server.serve(ln))
+    where = ln.addr if isinstance(ln.addr, str) else f"{ln.addr[0]}:{ln.addr[1]}"
+    if ready is not None:
+        ready(where)
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([serving, waiter], return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await server.shutdown(5.0)
+    except TimeoutError as exc:
+        print(f"netpoll: {exc}", file=sys.stderr)
+    await serving
+    waiter.cancel()
+
+
+def run_server(kind: str, host: str, port: int, *, use_uvloop: bool = False,
+               unix: str | None = None) -> int:
+    """Run a server in this process until a signal; returns an exit code."""
+    loop_name = "asyncio"
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            print("netpoll: --uvloop needs uvloop (pip install 'netpoll[uvloop]')",
+                  file=sys.stderr)
+            return 2
+        loop_name = "uvloop"
+        runner: Callable[[Any], Any] = uvloop.run
+    else:
+        runner = asyncio.run
+
+    def ready(where: str) -> None:
+        print(f"netpoll {kind} server on {where} ({loop_name} loop)", file=sys.stderr)
+        print("ready", flush=True)
+
+    runner(serve_forever(kind, host, port, unix, ready))
+    return 0
