@@ -1,13 +1,17 @@
+from typing import final
+
 from typing_extensions import Buffer
 
 NETPOLL_DEBUG_BUILD: bool
 
+@final
 class Chunk:
     """A block of memory shared by buffer nodes and user views (internal)."""
 
 def _debug_counts() -> dict[str, int]: ...
 def _pool_stats() -> dict[int, int]: ...
 
+@final
 class LinkBuffer:
     def __init__(self, size: int = 4096) -> None: ...
     def __len__(self) -> int: ...
