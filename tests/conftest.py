@@ -71,7 +71,8 @@ def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
         for t in pending:
             t.cancel()
         if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            # bounded: a task that ignores cancellation must not hang the suite
+            loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
         loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         loop.close()

@@ -58,6 +58,7 @@ from netpoll._buffer cimport LinkBuffer, NETPOLL_DEBUG
 from netpoll.includes.system cimport *
 
 import asyncio
+import contextvars
 import errno as _errno
 import heapq
 import logging
@@ -95,6 +96,9 @@ NpReady_Init()
 NETPOLL_DEBUG_BUILD = bool(NETPOLL_DEBUG)
 
 cdef object CancelledError = asyncio.CancelledError
+# Loop callbacks that resume a handler run in this empty Context: the step
+# itself enters the connection's Context (entering it twice is an error).
+cdef object _bare_context = contextvars.Context()
 cdef object ready_none = None
 cdef dict _current_tasks = None
 cdef object _swap_current_task = None
@@ -174,7 +178,7 @@ config.buffer_size = 8192
 config.load_balance = "round_robin"
 config.logger = logger
 
-cdef object _pollers = weakref.WeakKeyDictionary()   # loop -> _PollerSet
+cdef dict _pollers = {}      # loop -> _PollerSet; closed loops are purged
 
 
 def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None):
@@ -189,6 +193,7 @@ def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None)
         if not isinstance(poller_num, int) or isinstance(poller_num, bool) or poller_num < 1:
             raise ValueError(f"configure(poller_num={poller_num!r}): must be an int >= 1")
         config.poller_num = poller_num
+        _purge_closed_loops()
         for ps in list(_pollers.values()):
             (<_PollerSet>ps).resize(poller_num)
     if buffer_size is not None:
@@ -256,9 +261,19 @@ cdef int run_all_pending(object loop) except -1:
 cdef Poller pick_poller(object loop):
     ps = _pollers.get(loop)
     if ps is None:
+        _purge_closed_loops()
         ps = _PollerSet(loop)
         _pollers[loop] = ps
     return (<_PollerSet>ps).pick()
+
+
+cdef _purge_closed_loops():
+    """Forget the pollers of closed loops and close their epoll fds."""
+    for loop in [lp for lp in _pollers if lp.is_closed()]:
+        ps = <_PollerSet>_pollers.pop(loop)
+        for p in ps.pollers:
+            (<Poller>p).close()
+        ps.pollers = []
 
 
 # -- Poller -----------------------------------------------------------------------
@@ -302,11 +317,23 @@ cdef class Poller:
         self.timer_seq = 0
         self.spin = int(os.environ.get("NETPOLL_SPIN", "4"))
         loop.add_reader(self.epfd, self._on_ready)
-        weakref.finalize(loop, _close_fd, self.epfd)
 
     def __dealloc__(self):
         if self.events != NULL:
             free(self.events)
+        if self.epfd >= 0:
+            close(self.epfd)
+
+    cdef close(self):
+        """Close the epoll fd (its loop is closed); connections are left to the GC."""
+        if self.epfd >= 0:
+            close(self.epfd)
+            self.epfd = -1
+        if self.timer_handle is not None:
+            self.timer_handle.cancel()
+            self.timer_handle = None
+        self.timers = []
+        self.conns = set()
 
     cdef int add(self, Connection c) except -1:
         cdef epoll_event ev
@@ -434,10 +461,6 @@ cdef class Poller:
         if timers:
             self._arm((<tuple>timers[0])[0])
         self.run_pending()
-
-
-def _close_fd(int fd):
-    close(fd)
 
 
 # -- the handler driver -------------------------------------------------------------
@@ -606,8 +629,8 @@ cdef class Handler:
         else:
             prev = _current_tasks.get(self.loop)
             _current_tasks[self.loop] = self
-        PyContext_Enter(c.context)
         try:
+            PyContext_Enter(c.context)
             if exc is None:
                 st = PyIter_Send(coro, None, &out)
                 result = <object>out
@@ -620,7 +643,10 @@ cdef class Handler:
                     result = si.value
                     st = 0
         except BaseException as err:
-            PyContext_Exit(c.context)
+            try:
+                PyContext_Exit(c.context)
+            except RuntimeError:
+                pass      # the enter itself failed
             self.restore_task(prev)
             self.coro = None
             self.on_error(err)
@@ -651,7 +677,7 @@ cdef class Handler:
         if blocking is not None:
             if blocking:
                 result._asyncio_future_blocking = False
-                result.add_done_callback(self.wakeup, context=self.conn.context)
+                result.add_done_callback(self.wakeup, context=_bare_context)
                 self.waiting = result
                 if self.must_cancel:
                     if result.cancel(msg=self.cancel_msg):
@@ -659,11 +685,11 @@ cdef class Handler:
                 return 0
             err = RuntimeError(f"yield was used instead of yield from in handler: {result!r}")
         elif result is None:
-            self.loop.call_soon(self._resume, None, context=self.conn.context)
+            self.loop.call_soon(self._resume, None, context=_bare_context)
             return 0
         else:
             err = RuntimeError(f"handler got bad yield: {result!r}")
-        self.loop.call_soon(self._resume, err, context=self.conn.context)
+        self.loop.call_soon(self._resume, err, context=_bare_context)
         return 0
 
     def _wakeup(self, fut):
@@ -887,14 +913,18 @@ cdef class Connection:
         self.peer_eof = True
         if self.registered:
             self.update_events()
+        self.wake_reader()
+        self.poller.hups.append(self)
+        return 0
+
+    cdef int wake_reader(self) except -1:
+        # The waiting read re-checks: it takes its data, returns b"" (read) or
+        # raises the error that fits the state, with its own op in the message.
         w = self.read_waiter
         if w is not None:
             self.read_waiter = None
             if not w.done():
-                w.set_exception(EndOfStreamError(
-                    f"peer closed the connection: {self.inbuf.length} bytes readable, "
-                    f"{self.read_need} needed"))
-        self.poller.hups.append(self)
+                w.set_result(None)
         return 0
 
     cdef int on_peer_closed(self) except -1:
@@ -1045,14 +1075,7 @@ cdef class Connection:
             return 0
         self.closing = who
         self.poller.remove(self)
-        err_cls = EndOfStreamError if who == POLLER else ConnectionClosedError
-        w = self.read_waiter
-        if w is not None:
-            self.read_waiter = None
-            if not w.done():
-                w.set_exception(err_cls(
-                    f"connection closed by {'peer' if who == POLLER else 'user'}: "
-                    f"{self.inbuf.length} bytes readable, {self.read_need} needed"))
+        self.wake_reader()
         w = self.flush_waiter
         if w is not None:
             self.flush_waiter = None
@@ -1856,6 +1879,20 @@ async def _connect_fd(int fd, object sockaddr, object loop):
         sock.detach()
     if err == 0:
         return
+    if err == _errno.EAGAIN and isinstance(sockaddr, (str, bytes)):
+        # a unix listener with a full backlog: a blocking connect would wait,
+        # so retry (with backoff) until it is taken or the dial times out
+        delay = 0.001
+        while err == _errno.EAGAIN:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            sock = socket.socket(fileno=fd)
+            try:
+                err = sock.connect_ex(sockaddr)
+            finally:
+                sock.detach()
+        if err == 0:
+            return
     if err not in (_errno.EINPROGRESS, _errno.EALREADY, _errno.EINTR):
         raise OSError(err, os.strerror(err))
     fut = loop.create_future()
@@ -1881,7 +1918,7 @@ async def _dial(str network, object target, object family, double read_timeout,
         candidates = [(socket.AF_UNIX, target)]
     else:
         host, port = target
-        infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
+        infos = await loop.getaddrinfo(host or None, port, family=family, type=socket.SOCK_STREAM,
                                        proto=socket.IPPROTO_TCP)
         candidates = [(info[0], info[4]) for info in infos]
         if not candidates:

@@ -142,7 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             continue
         res = h.run_suite(
-            specs, [case], tools, args.repeat, args.duration, args.warmup, args.host, refs
+            specs,
+            [case],
+            tools,
+            args.repeat,
+            args.duration,
+            args.warmup,
+            args.host,
+            refs,
+            loadgen_args=args.loadgen_args,
         )
         rows += res.rows
         runs += res.runs

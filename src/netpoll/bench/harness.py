@@ -194,6 +194,7 @@ class ServerSpec:
     note: str = ""
 
     def command(self, host: str, port: int) -> list[str]:
+        """The argv with ``{host}`` and ``{port}`` filled in."""
         return [a.format(host=host, port=port) for a in self.argv]
 
 
@@ -306,8 +307,28 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return kids
     for tid in tids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
-            kids += [int(x) for x in f.read().split()]
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+        except FileNotFoundError:  # kernel without CONFIG_PROC_CHILDREN: scan /proc
+            return _children_by_scan(pid)
+        except OSError:
+            pass
+    return kids
+
+
+def _children_by_scan(pid: int) -> list[int]:
+    kids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            kids.append(int(name))
     return kids
 
 
@@ -483,6 +504,7 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
+        """The server's process id."""
         return self.proc.pid
 
     def _said_ready(self) -> bool:
@@ -508,15 +530,18 @@ class ServerProcess:
         raise BenchError(f"{self.spec.name} not ready after {timeout:.0f} s:\n{self.stderr_tail()}")
 
     def stderr_tail(self, limit: int = 2000) -> str:
+        """The last `limit` characters the server wrote to stderr."""
         with contextlib.suppress(OSError, ValueError):
             self._err.seek(0)
             return self._err.read().decode(errors="replace")[-limit:]
         return ""
 
     def alive(self) -> bool:
+        """True while the server process runs."""
         return self.proc.poll() is None
 
     def stop(self, grace: float = 5.0) -> None:
+        """SIGINT, then SIGKILL after `grace` seconds; idempotent."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGINT)
@@ -692,6 +717,7 @@ def run_suite(
     host: str = "127.0.0.1",
     refs: Mapping[str, str] | None = None,
     progress: Progress | None = _stderr,
+    loadgen_args: Sequence[str] = (),
 ) -> SuiteResult:
     """Measure every spec on every case `repeat` times, peers interleaved; medians.
 
@@ -706,7 +732,10 @@ def run_suite(
         progress("note: fewer than 2 usable cores: server and loadgen are not pinned")
     runs: list[dict[str, Any]] = []
     with pinned_to(cpus[1]):
-        _run_all(usable, cases, tools, repeat, duration, warmup, host, cpus, runs, progress)
+        _run_all(
+            usable, cases, tools, repeat, duration, warmup, host, cpus, runs, progress,
+            loadgen_args,
+        )  # fmt: skip
     rows = summarize(runs, [c.name for c in cases], [s.name for s in usable])
     if refs:
         add_ratios(rows, refs)
@@ -724,6 +753,7 @@ def _run_all(
     cpus: tuple[int | None, int | None],
     runs: list[dict[str, Any]],
     progress: Progress | None,
+    loadgen_args: Sequence[str],
 ) -> None:
     total = len(cases) * repeat * len(usable)
     n = 0
@@ -734,7 +764,10 @@ def _run_all(
                 n += 1
                 label = f"[{n}/{total}] {case.name:<22} {spec.name:<22} run {r + 1}/{repeat}"
                 try:
-                    res = measure(spec, case, tools, duration, warmup, host, cpus)
+                    res = measure(
+                        spec, case, tools, duration, warmup, host, cpus,
+                        loadgen_args=loadgen_args,
+                    )  # fmt: skip
                     msg = (
                         f"{res['rps']:>11,.0f} req/s  p99 {res['p99_us']:>8,.0f} us"
                         f"  user {res.get('user_us_per_req', float('nan')):5.2f} us/req"
@@ -945,29 +978,46 @@ def plot_chart(
     except ImportError:
         return False
     cases = list(dict.fromkeys(r["case"] for r in rows))
-    peers = list(dict.fromkeys(r["peer"] for r in rows))
-    by = {(r["case"], r["peer"]): r for r in rows}
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.2 * len(cases) * len(peers) / 3), 8))
-    width = 0.8 / max(1, len(peers))
-    for ax, key, label in (
+    # "asyncio-rpc-protocol" and "asyncio-protocol" are one kind of peer: one colour.
+    labels = list(dict.fromkeys(_chart_label(r["peer"]) for r in rows))
+    colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    per_case = {c: [r for r in rows if r["case"] == c] for c in cases}
+    most = max(len(v) for v in per_case.values())
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.45 * len(cases) * most + 2), 8))
+    width = 0.8 / most
+    for ax, key, ylabel in (
         (axes[0], "rps", "req/s (median)"),
         (axes[1], "user_us_per_req", "server user CPU µs / request"),
     ):
-        for i, peer in enumerate(peers):
-            vals = [(by.get((c, peer)) or {}).get(key) or 0 for c in cases]
-            xs = [j + i * width for j in range(len(cases))]
-            ax.bar(xs, vals, width, label=peer)
-        ax.set_xticks([j + width * (len(peers) - 1) / 2 for j in range(len(cases))])
+        seen: set[str] = set()
+        for j, case in enumerate(cases):
+            group = per_case[case]
+            for i, row in enumerate(group):
+                lab = _chart_label(row["peer"])
+                x = j - 0.4 + width * (i + 0.5) + (most - len(group)) * width / 2
+                ax.bar(
+                    x,
+                    row.get(key) or 0,
+                    width,
+                    color=colours[lab],
+                    label=None if lab in seen else lab,
+                )
+                seen.add(lab)
+        ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel(label)
+        ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, ncol=min(4, len(peers)))
+    axes[0].legend(fontsize=8, ncol=min(4, len(labels)))
     if title:
         axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def _chart_label(peer: str) -> str:
+    return peer.replace("-rpc-", "-")
 
 
 def contention_note(runs: Sequence[Mapping[str, Any]]) -> str | None:
@@ -1053,6 +1103,14 @@ def add_run_arguments(
             or f"a short smoke run: duration {quick[0]:g}, warm-up {quick[1]:g}, repeat {quick[2]}",
         )
     g.add_argument(
+        "--spin",
+        type=float,
+        default=0.0,
+        metavar="USEC",
+        help="let loadgen busy-poll for up to USEC microseconds before sleeping (default 0:"
+        " it sleeps in epoll_wait, so the server pays to wake it, as with real clients)",
+    )
+    g.add_argument(
         "--host",
         default="127.0.0.1",
         help="loopback address for servers and loadgen: 127.0.0.1 (default) or ::1",
@@ -1089,8 +1147,9 @@ def resolve_run_arguments(args: argparse.Namespace) -> None:
         args.warmup = w
     if args.repeat is None:
         args.repeat = r
-    if args.duration <= 0 or args.warmup < 0 or args.repeat < 1:
-        raise SystemExit("--duration must be > 0, --warmup >= 0 and --repeat >= 1")
+    if args.duration <= 0 or args.warmup < 0 or args.repeat < 1 or args.spin < 0:
+        raise SystemExit("--duration must be > 0, --warmup and --spin >= 0, --repeat >= 1")
+    args.loadgen_args = ["-b", f"{args.spin:g}"] if args.spin else []
 
 
 def select_peers(specs: Sequence[ServerSpec], names: str | None) -> list[ServerSpec]:

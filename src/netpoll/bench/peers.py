@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import os
 import resource
 import signal
 import socket
@@ -76,11 +77,15 @@ class _Tracked:
 
 
 class EchoProtocol(_Tracked, asyncio.Protocol):
+    """Echo: every chunk received is written straight back."""
+
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
 
 
 class EchoBufferedProtocol(_Tracked, asyncio.BufferedProtocol):
+    """Echo reading into one preallocated buffer per connection."""
+
     def __init__(self) -> None:
         self.buf = bytearray(_BUF_SIZE)
         self.view = memoryview(self.buf)
@@ -97,6 +102,8 @@ class EchoBufferedProtocol(_Tracked, asyncio.BufferedProtocol):
 
 
 class RpcProtocol(_Tracked, asyncio.Protocol):
+    """Framed RPC: decode every complete frame, answer all of them in one write."""
+
     def __init__(self) -> None:
         self.pending = b""
 
@@ -126,6 +133,8 @@ class RpcProtocol(_Tracked, asyncio.Protocol):
 
 
 class RpcBufferedProtocol(_Tracked, asyncio.BufferedProtocol):
+    """Framed RPC parsed in place in a per-connection buffer (compacted, grown as needed)."""
+
     def __init__(self) -> None:
         self.buf = bytearray(_BUF_SIZE)
         self.view = memoryview(self.buf)
@@ -269,6 +278,9 @@ async def serve(kind: str, host: str, port: int, unix: str | None, backlog: int)
     for writer in list(_live_writers):
         writer.close()
     await server.wait_closed()
+    if unix:
+        with contextlib.suppress(OSError):
+            os.unlink(unix)
 
 
 def _raise_nofile() -> None:
