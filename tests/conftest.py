@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -94,11 +95,29 @@ async def maybe_await(x: Awaitable[T] | T) -> T | Any:
     return x
 
 
+def _drop_logged_tracebacks(item: pytest.Item) -> None:
+    """pytest keeps captured log records (with their tracebacks, whose frames hold
+    connections) until the item ends; format them now and let the frames go."""
+    try:
+        from _pytest.logging import caplog_records_key
+    except ImportError:  # pragma: no cover - private pytest API
+        return
+    for records in item.stash.get(caplog_records_key, {}).values():
+        for rec in records:
+            if rec.exc_info:
+                rec.exc_text = rec.exc_text or logging.Formatter().formatException(rec.exc_info)
+                rec.exc_info = None
+
+
 @pytest.fixture(autouse=True)
-def _no_leaks() -> Any:
+def _no_leaks(request: pytest.FixtureRequest) -> Any:
     yield
     if not _buffer.NETPOLL_DEBUG_BUILD:
         return
+    from netpoll import _core
+
+    _drop_logged_tracebacks(request.node)
+    _core._forget_closed_loops()
     for _ in range(3):
         gc.collect()
     counts = _live_counts()

@@ -68,7 +68,7 @@ cdef class LinkBuffer:
 
     # -- internals --
     cdef void _free_nodes(self) noexcept
-    cdef int _check(self) except -1
+    cdef int _check(self, str op) except -1
     cdef int _need(self, str op, Py_ssize_t n) except -1
     cdef Node* _append(self, Chunk c) except NULL
     cdef Node* _room(self, Py_ssize_t need) except NULL

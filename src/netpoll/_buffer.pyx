@@ -312,9 +312,9 @@ cdef class LinkBuffer:
             node_free(n)
             n = nx
 
-    cdef int _check(self) except -1:
+    cdef int _check(self, str op) except -1:
         if self.closed:
-            raise ValueError("I/O operation on closed LinkBuffer")
+            raise ValueError(f"{op}: I/O operation on closed LinkBuffer")
         return 0
 
     cdef int _need(self, str op, Py_ssize_t n) except -1:
@@ -567,6 +567,7 @@ cdef class LinkBuffer:
                 s.end = s.malloc = s.cap = r.off + k     # sealed: never written
                 left -= k
             r = r.next
+        out.fl = out.wr          # every node of a slice is readable
         out.length = n
         self.consume(n)
         return out
@@ -644,36 +645,36 @@ cdef class LinkBuffer:
     # -- reading ------------------------------------------------------------------
 
     def __len__(self):
-        self._check()
+        self._check("len")
         return self.length
 
     def len(self):
         """Readable bytes."""
-        self._check()
+        self._check("len")
         return self.length
 
     def is_empty(self):
         """True when nothing is readable."""
-        self._check()
+        self._check("is_empty")
         return self.length == 0
 
     def next(self, n):
         """The next n bytes as a read-only memoryview, consumed."""
-        self._check()
+        self._check("next")
         cdef Py_ssize_t k = _size_arg("next", n)
         self._need("next", k)
         return self.c_next(k)
 
     def peek(self, n):
         """The next n bytes as a read-only memoryview, not consumed."""
-        self._check()
+        self._check("peek")
         cdef Py_ssize_t k = _size_arg("peek", n)
         self._need("peek", k)
         return self.c_peek(k)
 
     def skip(self, n):
         """Consume n bytes."""
-        self._check()
+        self._check("skip")
         cdef Py_ssize_t k = _size_arg("skip", n)
         self._need("skip", k)
         if k:
@@ -681,7 +682,7 @@ cdef class LinkBuffer:
 
     def until(self, delim):
         """Bytes up to and including the first `delim` (int 0-255 or non-empty bytes), consumed."""
-        self._check()
+        self._check("until")
         cdef char one
         cdef Py_ssize_t i
         cdef const unsigned char[::1] d
@@ -707,14 +708,14 @@ cdef class LinkBuffer:
 
     def read_binary(self, n):
         """An independent copy of the next n bytes, consumed."""
-        self._check()
+        self._check("read_binary")
         cdef Py_ssize_t k = _size_arg("read_binary", n)
         self._need("read_binary", k)
         return self.c_read_binary(k)
 
     def read_string(self, n, str encoding="utf-8", str errors="strict"):
         """The next n bytes decoded; on a decode error nothing is consumed."""
-        self._check()
+        self._check("read_string")
         cdef Py_ssize_t k = _size_arg("read_string", n)
         self._need("read_string", k)
         cdef Node* r
@@ -737,7 +738,7 @@ cdef class LinkBuffer:
 
     def read_byte(self):
         """One byte as an int, consumed."""
-        self._check()
+        self._check("read_byte")
         self._need("read_byte", 1)
         self._trim()
         cdef Node* r = self.rd
@@ -749,19 +750,19 @@ cdef class LinkBuffer:
 
     def slice(self, n):
         """A new LinkBuffer holding the next n bytes, sharing their memory; consumed here."""
-        self._check()
+        self._check("slice")
         cdef Py_ssize_t k = _size_arg("slice", n)
         self._need("slice", k)
         return self.c_slice(k)
 
     def release(self):
         """Give back the memory of consumed data."""
-        self._check()
+        self._check("release")
         self.release_all()
 
     def bytes(self):
         """A copy of all readable bytes, not consumed."""
-        self._check()
+        self._check("bytes")
         cdef bytes out = PyBytes_FromStringAndSize(NULL, self.length)
         if self.length:
             self._copy_out(PyBytes_AS_STRING(out), self.length)
@@ -769,7 +770,7 @@ cdef class LinkBuffer:
 
     def get_bytes(self):
         """The readable bytes node by node, as read-only memoryviews (for writev)."""
-        self._check()
+        self._check("get_bytes")
         cdef list out = []
         cdef Node* r = self.rd
         while r != NULL and self.length:
@@ -784,7 +785,7 @@ cdef class LinkBuffer:
 
     def malloc(self, n):
         """Reserve n contiguous bytes at the tail; returns a writable memoryview of them."""
-        self._check()
+        self._check("malloc")
         cdef Py_ssize_t k = _size_arg("malloc", n)
         cdef Node* w
         if k == 0:
@@ -797,12 +798,12 @@ cdef class LinkBuffer:
 
     def malloc_len(self):
         """Bytes written or reserved since the last flush."""
-        self._check()
+        self._check("malloc_len")
         return self.pending
 
     def malloc_ack(self, n):
         """Keep the first n bytes written or reserved since the last flush; drop the rest."""
-        self._check()
+        self._check("malloc_ack")
         cdef Py_ssize_t k = _size_arg("malloc_ack", n)
         cdef Py_ssize_t left = k, p
         cdef Node* node
@@ -838,13 +839,13 @@ cdef class LinkBuffer:
         An immutable ``bytes`` of 4 KiB or more is linked without copying;
         mutable objects are copied at every size.
         """
-        self._check()
+        self._check("write_binary")
         self.c_write(data)
         return len(data) if type(data) is bytes else memoryview(data).nbytes
 
     def write_string(self, str s, str encoding="utf-8"):
         """Append encoded text; returns the bytes written."""
-        self._check()
+        self._check("write_string")
         cdef Py_ssize_t n
         cdef const char* p
         cdef Node* w
@@ -864,7 +865,7 @@ cdef class LinkBuffer:
 
     def write_byte(self, b):
         """Append one byte (an int 0..255)."""
-        self._check()
+        self._check("write_byte")
         if not isinstance(b, int):
             raise TypeError(f"write_byte: expected an int, not {type(b).__name__}")
         if not 0 <= b <= 255:
@@ -880,7 +881,7 @@ cdef class LinkBuffer:
         ``malloc(nA + nB); write_direct(b, nB)`` gives ``bufA | b | bufB``.
         An immutable ``bytes`` is linked without copying; other objects are copied.
         """
-        self._check()
+        self._check("write_direct")
         cdef Py_ssize_t rc = _size_arg("write_direct", remain_cap)
         cdef Py_ssize_t pos, p, n
         cdef Node* node
@@ -942,10 +943,10 @@ cdef class LinkBuffer:
 
     def write_buffer(self, LinkBuffer other not None):
         """Move all readable data of `other` to this tail without copying; `other` is closed."""
-        self._check()
+        self._check("write_buffer")
         if other is self:
             raise ValueError("write_buffer: cannot append a buffer to itself")
-        other._check()
+        other._check("write_buffer")
         self.c_append(other)
 
     def append(self, LinkBuffer other not None):
@@ -954,7 +955,7 @@ cdef class LinkBuffer:
 
     def flush(self):
         """Make everything written so far readable."""
-        self._check()
+        self._check("flush")
         self.c_flush()
 
     def close(self):

@@ -267,6 +267,11 @@ cdef Poller pick_poller(object loop):
     return (<_PollerSet>ps).pick()
 
 
+def _forget_closed_loops():
+    """Release the pollers (and any connections left on them) of closed loops."""
+    _purge_closed_loops()
+
+
 cdef _purge_closed_loops():
     """Forget the pollers of closed loops and close their epoll fds."""
     for loop in [lp for lp in _pollers if lp.is_closed()]:
@@ -325,15 +330,22 @@ cdef class Poller:
             close(self.epfd)
 
     cdef close(self):
-        """Close the epoll fd (its loop is closed); connections are left to the GC."""
+        """Its loop is closed: close the epoll fd and every connection still on it.
+
+        No callback runs (there is no loop to run it); the fds are closed so
+        nothing leaks past the loop's life.
+        """
+        cdef Connection c
         if self.epfd >= 0:
             close(self.epfd)
             self.epfd = -1
-        if self.timer_handle is not None:
-            self.timer_handle.cancel()
-            self.timer_handle = None
+        self.timer_handle = None
         self.timers = []
-        self.conns = set()
+        conns, self.conns = self.conns, set()
+        self.ready = []
+        self.hups = []
+        for c in conns:
+            c.abandon()
 
     cdef int add(self, Connection c) except -1:
         cdef epoll_event ev
@@ -852,7 +864,7 @@ cdef class Connection:
             self.on_writable()
         return 0
 
-    cdef int do_read(self, unsigned int ev) except -1:
+    cdef int do_read(self, unsigned int ev, bint drain=False) except -1:
         cdef Py_ssize_t avail, n, got = 0
         cdef char* p
         cdef int err
@@ -866,7 +878,7 @@ cdef class Connection:
                     self.book_size <<= 1
                 if self.inbuf.length > self.max_size:
                     self.max_size = min(self.inbuf.length, BOOK_MAX)
-                if not (ev & HUP_EVENTS):
+                if not (ev & HUP_EVENTS) and not drain:
                     break          # level-triggered: more comes with the next event
                 continue           # the peer is gone: read everything left first
             self.inbuf.book_ack(0)
@@ -955,7 +967,7 @@ cdef class Connection:
         if r < 0:
             err = oserror(-r, "flush")
             if w is not None and not w.done():
-                w.set_exception(ConnectionClosedError(f"flush: {err.strerror}"))
+                w.set_exception(ConnectionClosedError(f"flush: {os.strerror(-r)} (errno {-r})"))
             self.mark_eof(err)
             return 0
         if w is not None and not w.done():
@@ -1090,6 +1102,25 @@ cdef class Connection:
             return 0      # on_connect is still running; it finishes the close
         if not self.processing:
             self.finish_close()
+        return 0
+
+    cdef int abandon(self) except -1:
+        # The loop is gone: release everything without running callbacks.
+        self.closing = self.closing or USER
+        self.registered = False
+        self.events = 0
+        self.close_callbacks = []
+        self.read_waiter = None
+        self.flush_waiter = None
+        if not self.finished:
+            self.finished = True
+            if not self.detached and self.fd >= 0:
+                close(self.fd)
+        if self.server is not None:
+            self.server.conns.discard(self)
+        self.handler = None
+        self.inbuf.c_close()
+        self.outbuf.c_close()
         return 0
 
     cdef int finish_close(self) except -1:
@@ -1509,7 +1540,7 @@ cdef class Connection:
             err = oserror(-r, "flush")
             self.mark_eof(err)
             self.poller.kick()
-            exc = ConnectionClosedError(f"flush: {err.strerror}")
+            exc = ConnectionClosedError(f"flush: {os.strerror(-r)} (errno {-r})")
             exc.__cause__ = err
             return NpReady_Fail(exc)
         self.writing = True
@@ -1835,7 +1866,7 @@ cdef class EventLoop:
         # Take in what the kernel already received, so those requests are answered.
         for c in list(self.conns):
             if c.closing == NONE and not c.peer_eof and not c.paused and c.registered:
-                c.do_read(EPOLLIN)
+                c.do_read(EPOLLIN, True)
         run_all_pending(self.loop)
         for c in list(self.conns):
             c.close_when_done = True

@@ -137,8 +137,12 @@ def _compiler_id(cc: str) -> str:
 
 
 def _build_one(cc: str, source: Path, name: str, cache: Path, cc_id: str) -> Path:
+    try:
+        text = source.read_bytes()
+    except OSError as exc:
+        raise BenchError(f"benchmark source {source} is missing from this install") from exc
     digest = hashlib.sha256()
-    digest.update(source.read_bytes())
+    digest.update(text)
     digest.update("\0".join((cc, cc_id, *CFLAGS)).encode())
     outdir = cache / digest.hexdigest()[:16]
     exe = outdir / name

@@ -6,6 +6,11 @@
  * SEND through tp_as_async.am_send (PyIter_Send, CPython >= 3.10) with
  * PYGEN_RETURN and the value, raising nothing. tp_iternext (StopIteration)
  * keeps it usable by any other driver. Objects are recycled on a free list.
+ *
+ * The value is handed over exactly once (like a coroutine, it can be awaited
+ * once) and dropped at that moment: the type is not GC-tracked, so keeping a
+ * delivered exception (whose traceback holds the awaiting frame, which holds
+ * this object) would make a cycle the collector cannot see.
  */
 #ifndef NETPOLL_AWAITABLE_H
 #define NETPOLL_AWAITABLE_H
@@ -60,25 +65,34 @@ npready_await(PyObject *self)
     return self;
 }
 
-static void
-npready_set_error(NpReady *op)
+/* Take the value out (new reference), or set RuntimeError if already taken. */
+static PyObject *
+npready_take(NpReady *op)
 {
-    PyObject *exc = op->value;
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    PyObject *v = op->value;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited netpoll result");
+        return NULL;
+    }
+    op->value = NULL;
+    return v;
 }
 
 static PySendResult
 npready_am_send(PyObject *self, PyObject *arg, PyObject **result)
 {
     NpReady *op = (NpReady *)self;
+    PyObject *v = npready_take(op);
     (void)arg;
+    *result = NULL;
+    if (v == NULL)
+        return PYGEN_ERROR;
     if (op->failed) {
-        npready_set_error(op);
-        *result = NULL;
+        PyErr_SetObject((PyObject *)Py_TYPE(v), v);
+        Py_DECREF(v);
         return PYGEN_ERROR;
     }
-    Py_INCREF(op->value);
-    *result = op->value;
+    *result = v;
     return PYGEN_RETURN;
 }
 
@@ -86,12 +100,16 @@ static PyObject *
 npready_iternext(PyObject *self)
 {
     NpReady *op = (NpReady *)self;
-    PyObject *stop;
+    PyObject *stop, *v = npready_take(op);
+    if (v == NULL)
+        return NULL;
     if (op->failed) {
-        npready_set_error(op);
+        PyErr_SetObject((PyObject *)Py_TYPE(v), v);
+        Py_DECREF(v);
         return NULL;
     }
-    stop = PyObject_CallOneArg(PyExc_StopIteration, op->value);
+    stop = PyObject_CallOneArg(PyExc_StopIteration, v);
+    Py_DECREF(v);
     if (stop != NULL) {
         PyErr_SetObject(PyExc_StopIteration, stop);
         Py_DECREF(stop);
