@@ -55,7 +55,7 @@ from netpoll.errors import NotEnoughDataError
 
 
 cdef extern from "Python.h":
-    Py_ssize_t Py_REFCNT(object o)
+    Py_ssize_t Py_REFCNT(PyObject* o)       # a raw pointer: no temporary reference
     object PyMemoryView_FromObject(object o)
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
@@ -247,7 +247,7 @@ cdef inline void node_free(Node* n) noexcept:
 
 cdef inline bint sole_owner(Node* n) noexcept:
     # Only this node refers to the chunk: no view, slice or split shares it.
-    return (<Chunk>n.chunk).cls >= 0 and Py_REFCNT(<object>n.chunk) == 1
+    return (<Chunk>n.chunk).cls >= 0 and Py_REFCNT(n.chunk) == 1
 
 
 cpdef dict _debug_counts():
@@ -951,7 +951,11 @@ cdef class LinkBuffer:
 
     def append(self, LinkBuffer other not None):
         """Same as write_buffer (Go's Append)."""
-        self.write_buffer(other)
+        self._check("append")
+        if other is self:
+            raise ValueError("append: cannot append a buffer to itself")
+        other._check("append")
+        self.c_append(other)
 
     def flush(self):
         """Make everything written so far readable."""
