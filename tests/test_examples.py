@@ -335,9 +335,6 @@ def test_mux_server_shutdown_right_after_requests_arrive(run: Any) -> None:
     assert run(_shutdown_right_after(app, app.server, app.shutdown, stream)) == stream
 
 
-@pytest.mark.xfail(reason="bug: EventLoop.shutdown reads only one book (8 KiB at first) of "
-                          "what the kernel already received; the rest is dropped and the "
-                          "client gets a reset", strict=True)
 def test_rpc_server_shutdown_right_after_many_requests_arrive(run: Any) -> None:
     """API.md: 'A request fully received before shutdown gets its answer.'"""
     rpc_server = load("rpc_server.py")

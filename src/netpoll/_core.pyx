@@ -281,6 +281,21 @@ cdef _purge_closed_loops():
         ps.pollers = []
 
 
+# -- timers -----------------------------------------------------------------------
+
+@cython.final
+@cython.freelist(64)
+cdef class _Timer:
+    """A heap entry's target. Cancelling clears it, so a stale entry pins nothing."""
+    cdef Connection conn
+    cdef int kind
+    cdef object token
+
+    cdef void cancel(self):
+        self.conn = None
+        self.token = None
+
+
 # -- Poller -----------------------------------------------------------------------
 
 @cython.final
@@ -298,6 +313,7 @@ cdef class Poller:
     cdef object timer_handle
     cdef double timer_when
     cdef long timer_seq
+    cdef Py_ssize_t timers_stale
     cdef bint in_batch
     cdef bint kicked
     cdef int spin             # epoll_wait rounds per loop callback
@@ -445,12 +461,33 @@ cdef class Poller:
 
     # -- timers: one heap per poller, one loop timer for its earliest entry --
 
-    cdef int push_timer(self, double when, Connection c, int kind, object token) except -1:
+    cdef int cancel_timer(self, _Timer t) except -1:
+        """Cancel a timer: its entry goes stale and no longer refers to anything.
+
+        Entries are deleted lazily but never pile up: once stale entries
+        outnumber live ones the heap is rebuilt without them.
+        """
+        if t is None or t.conn is None:
+            return 0
+        t.cancel()
+        self.timers_stale += 1
+        if self.timers_stale > 32 and self.timers_stale * 2 > len(self.timers):
+            self.timers = [e for e in self.timers
+                           if (<_Timer>(<tuple>e)[2]).conn is not None]
+            heapq.heapify(self.timers)
+            self.timers_stale = 0
+        return 0
+
+    cdef _Timer push_timer(self, double when, Connection c, int kind, object token):
+        cdef _Timer t = _Timer.__new__(_Timer)
+        t.conn = c
+        t.kind = kind
+        t.token = token
         self.timer_seq += 1
-        heapq.heappush(self.timers, (when, self.timer_seq, c, kind, token))
+        heapq.heappush(self.timers, (when, self.timer_seq, t))
         if self.timer_handle is None or when < self.timer_when:
             self._arm(when)
-        return 0
+        return t
 
     cdef _arm(self, double when):
         if self.timer_handle is not None:
@@ -461,13 +498,21 @@ cdef class Poller:
 
     def _on_timer(self):
         cdef double now = monotonic() + 0.0005
+        cdef _Timer t
         cdef Connection c
         self.timer_handle = None
         timers = self.timers
         while timers and (<tuple>timers[0])[0] <= now:
-            _, _, c, kind, token = heapq.heappop(timers)
+            t = (<tuple>heapq.heappop(timers))[2]
+            c = t.conn
+            if c is None:
+                if self.timers_stale > 0:
+                    self.timers_stale -= 1
+                continue
+            token = t.token
+            t.cancel()
             try:
-                c.on_timer(kind, token)
+                c.on_timer(t.kind, token)
             except Exception:
                 config.logger.exception("netpoll: timer callback failed")
         if timers:
@@ -725,6 +770,9 @@ cdef class Handler:
         self.coro = None
         if isinstance(exc, CancelledError):
             config.logger.debug("netpoll: handler cancelled; closing fd %d", c.fd)
+        elif isinstance(exc, ConnectionClosedError) and (c.closing or c.peer_eof):
+            config.logger.debug("netpoll: handler ended with the connection (fd %d): %s",
+                                c.fd, exc)
         elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
             c.close()
             raise exc
@@ -785,11 +833,15 @@ cdef class Connection:
     cdef bint finished           # close callbacks ran, fd closed
     cdef bint queued             # on the poller's ready list
     cdef bint close_when_done    # graceful shutdown: close once idle
+    cdef bint draining           # graceful shutdown: read nothing new
     cdef unsigned int events
 
     cdef object read_waiter
     cdef Py_ssize_t read_need
     cdef object flush_waiter
+    cdef _Timer read_timer
+    cdef _Timer write_timer
+    cdef _Timer idle_timer
 
     cdef double read_timeout
     cdef double write_timeout
@@ -856,7 +908,8 @@ cdef class Connection:
     cdef int on_event(self, unsigned int ev) except -1:
         if self.closing:
             return 0
-        if ev & (EPOLLIN | HUP_EVENTS) and not self.peer_eof and not self.paused:
+        if ev & (EPOLLIN | HUP_EVENTS) and not self.peer_eof and not self.paused \
+                and not self.draining:
             self.do_read(ev)
         elif ev & (EPOLLHUP | EPOLLERR) and not self.writing:
             self.mark_eof(None)
@@ -948,7 +1001,7 @@ cdef class Connection:
 
     cdef int update_events(self) except -1:
         cdef unsigned int want = 0
-        if not self.peer_eof and not self.paused:
+        if not self.peer_eof and not self.paused and not self.draining:
             want = READ_EVENTS
         if self.writing:
             want |= EPOLLOUT
@@ -1026,7 +1079,7 @@ cdef class Connection:
                                     self.fd, self.idle_timeout)
                 self.close()
             else:
-                self.poller.push_timer(due, self, T_IDLE, token)
+                self.idle_timer = self.poller.push_timer(due, self, T_IDLE, token)
         return 0
 
     # -- handlers ---------------------------------------------------------------------
@@ -1087,6 +1140,7 @@ cdef class Connection:
             return 0
         self.closing = who
         self.poller.remove(self)
+        self.cancel_timers()
         self.wake_reader()
         w = self.flush_waiter
         if w is not None:
@@ -1102,6 +1156,14 @@ cdef class Connection:
             return 0      # on_connect is still running; it finishes the close
         if not self.processing:
             self.finish_close()
+        return 0
+
+    cdef int cancel_timers(self) except -1:
+        if self.poller is not None:
+            self.poller.cancel_timer(self.read_timer)
+            self.poller.cancel_timer(self.write_timer)
+            self.poller.cancel_timer(self.idle_timer)
+        self.read_timer = self.write_timer = self.idle_timer = None
         return 0
 
     cdef int abandon(self) except -1:
@@ -1138,6 +1200,7 @@ cdef class Connection:
                                     exc_info=exc)
         if self.server is not None:
             self.server.forget(self)
+        self.cancel_timers()
         self.poller.conns.discard(self)
         if not self.detached and self.fd >= 0:
             if self._remote_addr is None or self._local_addr is None:
@@ -1177,7 +1240,8 @@ cdef class Connection:
             if self.network in ("tcp", "tcp4", "tcp6"):
                 _set_keepalive(self.fd, s)
             if self.closing == NONE and self.poller is not None:
-                self.poller.push_timer(self.last_active + s, self, T_IDLE, s)
+                self.poller.cancel_timer(self.idle_timer)
+                self.idle_timer = self.poller.push_timer(self.last_active + s, self, T_IDLE, s)
 
     def set_read_buffer_limit(self, limit):
         """Stop reading the socket while this many unread bytes are buffered (None: off)."""
@@ -1457,7 +1521,7 @@ cdef class Connection:
                     self.read_waiter = None
                     raise ReadTimeoutError(f"{_opname(op)}: read timed out after "
                                            f"{self.read_timeout:g}s")
-                self.poller.push_timer(deadline, self, T_READ, fut)
+                self.read_timer = self.poller.push_timer(deadline, self, T_READ, fut)
             try:
                 await fut
             except ReadTimeoutError as exc:
@@ -1465,6 +1529,9 @@ cdef class Connection:
             finally:
                 if self.read_waiter is fut:
                     self.read_waiter = None
+                if self.read_timer is not None:
+                    self.poller.cancel_timer(self.read_timer)
+                    self.read_timer = None
 
     # -- writer -----------------------------------------------------------------------
 
@@ -1551,12 +1618,16 @@ cdef class Connection:
         fut = self.loop.create_future()
         self.flush_waiter = fut
         if self.write_timeout > 0:
-            self.poller.push_timer(monotonic() + self.write_timeout, self, T_WRITE, fut)
+            self.write_timer = self.poller.push_timer(monotonic() + self.write_timeout, self,
+                                                      T_WRITE, fut)
         try:
             await fut
         finally:
             if self.flush_waiter is fut:
                 self.flush_waiter = None
+            if self.write_timer is not None:
+                self.poller.cancel_timer(self.write_timer)
+                self.write_timer = None
 
     async def write(self, data):
         """net.Conn style: write_binary + flush; returns the bytes written."""
@@ -1572,12 +1643,14 @@ cdef str _opname(int op):
 
 
 cdef inline Py_ssize_t _size(str op, object n) except -1:
+    cdef Py_ssize_t v
     if type(n) is not int:
         if not isinstance(n, int) or isinstance(n, bool):
             raise TypeError(f"{op}: size must be an int, not {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"{op}({n}): negative size")
-    return n
+    v = n
+    if v < 0:
+        raise ValueError(f"{op}({v}): negative size")
+    return v
 
 
 cdef double _seconds(str op, object s) except -1:
@@ -1870,6 +1943,14 @@ cdef class EventLoop:
         run_all_pending(self.loop)
         for c in list(self.conns):
             c.close_when_done = True
+            if c.closing == NONE:
+                # Requests that arrive from now on are not taken in; a read that
+                # waits for more input ends as if the peer had stopped sending.
+                c.draining = True
+                c.update_events()
+                if c.read_waiter is not None:
+                    c.peer_eof = True
+                    c.wake_reader()
             if c.is_idle() or c.closing:
                 if c.closing == NONE:
                     c.close()

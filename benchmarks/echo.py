@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""The full echo matrix: message sizes x connection counts x every peer.
+
+Default: 64 B, 1 KiB and 16 KiB messages over 1, 50 and 500 ping-pong
+connections, against netpoll (asyncio loop and uvloop), asyncio Protocol,
+BufferedProtocol and Streams, uvloop Protocol and Streams, and the C epoll
+echo server (the ceiling); 3 runs of each, peers interleaved, medians shown.
+The server runs pinned to one core and the C load generator to another.
+
+    python benchmarks/echo.py                       # full matrix, ~16 min
+    python benchmarks/echo.py --quick               # ~1 min
+    python benchmarks/echo.py --sizes 64 --connections 50 --markdown out.md
+
+netpoll's peers need the package built (``pip install -e .``); without it they
+are skipped with a note and the baselines still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_harness() -> ModuleType:
+    """netpoll.bench.harness; from this checkout by path if netpoll cannot be imported."""
+    try:
+        from netpoll.bench import harness
+
+        return harness
+    except ImportError:
+        pass
+    path = ROOT / "src" / "netpoll" / "bench" / "harness.py"
+    spec = importlib.util.spec_from_file_location("netpoll_bench_harness", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
+    return values
+
+
+def size_name(n: int) -> str:
+    return f"{n // 1024}KiB" if n >= 1024 and n % 1024 == 0 else f"{n}B"
+
+
+def main(argv: list[str] | None = None) -> int:
+    h = load_harness()
+    parser = argparse.ArgumentParser(
+        description="netpoll echo benchmark: sizes x connections x peers.",
+        epilog="Peer names: netpoll-asyncio netpoll-uvloop asyncio-protocol asyncio-buffered "
+        "asyncio-streams uvloop-protocol uvloop-streams c-echo.",
+    )
+    h.add_run_arguments(
+        parser,
+        normal=(3.0, 1.0, 3),
+        quick=(0.8, 0.2, 1),
+        quick_help="a ~1 minute run: sizes 64,1024; connections 1,50; 0.8 s; one run each",
+    )
+    load = parser.add_argument_group("load")
+    load.add_argument(
+        "--sizes", type=_ints, metavar="B,...", help="message sizes (default 64,1024,16384)"
+    )
+    load.add_argument(
+        "--connections", type=_ints, metavar="N,...", help="connection counts (default 1,50,500)"
+    )
+    load.add_argument(
+        "--depth",
+        type=int,
+        default=1,
+        metavar="D",
+        help="messages in flight per connection; 1 = ping-pong (default 1)",
+    )
+    parser.add_argument("--markdown", metavar="PATH", help="also write a markdown report")
+    args = parser.parse_args(argv)
+    h.resolve_run_arguments(args)
+    sizes = args.sizes or ([64, 1024] if args.quick else [64, 1024, 16384])
+    conns = args.connections or ([1, 50] if args.quick else [1, 50, 500])
+
+    try:
+        tools = h.build_tools(args.cache_dir)
+    except h.BenchError as exc:
+        print(f"cannot build the C tools: {exc}", file=sys.stderr)
+        return 2
+    uv = h.have_uvloop()
+    specs = [h.netpoll_echo_spec(False)]
+    specs += [h.netpoll_echo_spec(True)] if uv else []
+    specs += [h.peer_spec(kind) for kind in ("protocol", "buffered", "streams")]
+    specs += [h.peer_spec(kind, True) for kind in ("protocol", "streams")] if uv else []
+    specs += [h.c_echo_spec(tools)]
+    if not uv:
+        print("note: uvloop is not installed: uvloop peers skipped", file=sys.stderr)
+    specs = h.select_peers(specs, args.peers)
+
+    depth = f" d{args.depth}" if args.depth > 1 else ""
+    cases = [
+        h.Case(f"{size_name(s)} x{c}{depth}", s, c, depth=args.depth) for s in sizes for c in conns
+    ]
+    estimate = len(cases) * len(specs) * args.repeat * (args.duration + args.warmup + 0.5)
+    print(
+        f"echo matrix: {len(cases)} cases x {len(specs)} peers x {args.repeat} runs, "
+        f"about {estimate / 60:.0f} min",
+        file=sys.stderr,
+    )
+    refs = {"uvloop": "uvloop-protocol", "C": "c-echo"}
+    result = h.run_suite(
+        specs,
+        cases,
+        tools,
+        args.repeat,
+        args.duration,
+        args.warmup,
+        args.host,
+        refs,
+        loadgen_args=args.loadgen_args,
+    )
+    columns = h.default_columns(list(refs))
+    meta = {
+        **h.machine_info(),
+        "benchmark": "benchmarks/echo.py",
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "repeat": args.repeat,
+        "depth": args.depth,
+    }
+    title = f"echo: median of {args.repeat} x {args.duration:g} s (warm-up {args.warmup:g} s)"
+    h.report(result, columns, args, meta, title=title)
+    if args.markdown:
+        Path(args.markdown).write_text(h.markdown_report(result, columns, meta, title))
+        print(f"wrote {args.markdown}")
+    return 1 if any(r.get("errors") for r in result.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
