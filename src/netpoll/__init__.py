@@ -6,6 +6,7 @@ A Python port of CloudWeGo Netpoll. ``import netpoll`` is all a user needs;
 
 from __future__ import annotations
 
+from netpoll import mux  # noqa: E402,I001  (netpoll.mux uses the names above)
 from netpoll._buffer import LinkBuffer
 from netpoll._core import Connection, EventLoop, configure, new_fd_connection
 from netpoll.errors import (
@@ -40,5 +41,6 @@ __all__ = [
     "convert_listener",
     "create_listener",
     "dial_connection",
+    "mux",
     "new_fd_connection",
 ]
