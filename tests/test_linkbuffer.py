@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import array
 import ctypes
+import faulthandler
 import gc
 import re
+import subprocess
 import sys
 import time
 
@@ -27,6 +29,16 @@ import netpoll.errors
 from netpoll import LinkBuffer, NotEnoughDataError, _buffer
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    # pytest-timeout cannot interrupt an endless loop in C code that holds the GIL; this
+    # C-level watchdog dumps every thread's stack and ends the process instead of hanging.
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -52,10 +64,13 @@ class _PyBuffer(ctypes.Structure):
     ]
 
 
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+# A private handle: ctypes.pythonapi's function objects are shared by every module, so
+# setting their argtypes there would clash with other tests doing the same.
+_api = ctypes.PyDLL(None)
+_get_buffer = _api.PyObject_GetBuffer
 _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
 _get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer = _api.PyBuffer_Release
 _release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
 _release_buffer.restype = None
 
@@ -98,6 +113,19 @@ def make_nodes(*parts: bytes) -> LinkBuffer:
 
 def nodes(buf: LinkBuffer) -> list[bytes]:
     return [bytes(v) for v in buf.get_bytes() if len(v)]
+
+
+def run_isolated(code: str, timeout: float = 10.0) -> None:
+    """Run code in a fresh interpreter; a crash or a hang fails the test, not the session."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung for {timeout} s (an endless loop?)")
+    if proc.returncode < 0:
+        pytest.fail(f"crashed with signal {-proc.returncode}: {proc.stderr[-2000:]}")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
 
 
 def assert_msg(exc: BaseException, name: str, *numbers: int) -> None:
@@ -558,6 +586,7 @@ def test_slice_shares_memory_across_nodes():
     s = buf.slice(6000)
     whole = b"".join(parts)
     assert s.bytes() == whole[1000:7000]
+    assert b"".join(bytes(v) for v in s.get_bytes()) == whole[1000:7000]
     for v in s.get_bytes():
         if len(v):
             a = addr(v)
@@ -578,6 +607,79 @@ def test_slice_survives_parent_release_close_and_writes():
     inner = s.slice(4)
     s.close()
     assert bytes(inner.next(4)) == b"abcd"
+
+
+@pytest.mark.parametrize("target", ["other", "parent"])
+def test_multi_node_slice_reads_and_appends(target):
+    buf = make_nodes(b"ab", b"cd", b"ef")
+    s = buf.slice(3)
+    assert len(s) == 3 and s.bytes() == b"abc"
+    assert b"".join(bytes(v) for v in s.get_bytes()) == b"abc"
+    assert bytes(s.peek(3)) == b"abc"
+    dest = LinkBuffer() if target == "other" else buf
+    dest.append(s)
+    assert dest.malloc_len() == 3
+    dest.flush()
+    assert dest.bytes() == (b"abc" if target == "other" else b"defabc")
+
+
+def test_multi_node_slice_next_across_nodes():
+    buf = make_nodes(b"ab", b"cd", b"ef")
+    s = buf.slice(5)
+    assert bytes(s.next(3)) == b"abc"
+    assert s.read_binary(2) == b"de"
+    assert s.is_empty()
+    assert buf.bytes() == b"f"
+
+
+_SLICE_READS = {
+    "next_all": "assert bytes(s.next(n)) == want",
+    "peek_all": "assert bytes(s.peek(n)) == want; assert s.bytes() == want",
+    "skip_all": "s.skip(n); assert s.is_empty()",
+    "skip_into_last": "s.skip(n - 1); assert s.bytes() == want[-1:]",
+    "read_binary_all": "assert s.read_binary(n) == want",
+    "read_string_all": "assert s.read_string(n, 'latin-1') == want.decode('latin-1')",
+    "read_bytes_one_by_one": "assert bytes(s.read_byte() for _ in range(n)) == want",
+    "until_last": "assert bytes(s.until(want[-1:])) == want",
+    "slice_all": "t = s.slice(n); assert t.bytes() == want; assert bytes(t.next(n)) == want",
+    "get_bytes": "assert b''.join(bytes(v) for v in s.get_bytes()) == want",
+    "append_elsewhere": (
+        "o = LinkBuffer(); o.append(s); o.flush(); assert o.bytes() == want; return"
+    ),
+}
+
+
+@pytest.mark.parametrize("parts, n", [(2, 3), (2, 4), (3, 5), (3, 6)])
+@pytest.mark.parametrize("op", sorted(_SLICE_READS))
+def test_multi_node_slice_reads_in_a_fresh_interpreter(op, parts, n):
+    # Isolated: with a broken slice these crash the interpreter or loop forever in C code
+    # (where neither pytest-timeout method can stop them).
+    code = f"""
+import gc
+from netpoll import LinkBuffer, _buffer
+buf = LinkBuffer()
+for part in (b"ab", b"cd", b"ef")[:{parts}]:
+    other = LinkBuffer()
+    other.write_binary(part)
+    other.flush()
+    buf.append(other)
+buf.flush()
+def check(buf):
+    n = {n}
+    want = b"abcdef"[:n]
+    s = buf.slice(n)
+    {_SLICE_READS[op]}
+    s.release()
+check(buf)
+buf.close()
+del buf, other
+gc.collect()
+if _buffer.NETPOLL_DEBUG_BUILD:
+    counts = _buffer._debug_counts()
+    assert counts["chunks"] == 0 and counts["nodes"] == 0, counts
+print("ok")
+"""
+    run_isolated(code)
 
 
 def test_slice_of_slice_and_parent_keep_reading():
@@ -735,6 +837,19 @@ def test_malloc_every_size_class_and_direct(n):
     v = buf.next(n)
     assert addr(v) == addr(m)  # one malloc lies in one node: zero-copy
     assert bytes(v) == data
+
+
+def test_malloc_views_fill_in_any_order_until_flush():
+    buf = LinkBuffer()
+    m1 = buf.malloc(3)
+    m2 = buf.malloc(5000)  # does not fit the first node's rest: a new node
+    m3 = buf.malloc(2)
+    m3[:] = b"yz"
+    m2[:] = b"x" * 5000
+    m1[:] = b"abc"
+    assert buf.malloc_len() == 5005
+    buf.flush()
+    assert buf.bytes() == b"abc" + b"x" * 5000 + b"yz"
 
 
 def test_malloc_len_counts_every_kind_of_write():

@@ -6,7 +6,7 @@ A Python port of CloudWeGo Netpoll. ``import netpoll`` is all a user needs;
 
 from __future__ import annotations
 
-from netpoll import mux  # noqa: E402,I001  (netpoll.mux uses the names above)
+from netpoll import mux
 from netpoll._buffer import LinkBuffer
 from netpoll._core import Connection, EventLoop, configure, new_fd_connection
 from netpoll.errors import (
