@@ -2008,10 +2008,9 @@ async def _connect_fd(int fd, object sockaddr, object loop):
     if err not in (_errno.EINPROGRESS, _errno.EALREADY, _errno.EINTR):
         raise OSError(err, os.strerror(err))
     fut = loop.create_future()
-    def on_writable():
-        if not fut.done():
-            fut.set_result(None)
-    loop.add_writer(fd, on_writable)
+    # a module-level callback, not a closure: with binding=False a closure's
+    # scope would outlive the dial (it is not collected)
+    loop.add_writer(fd, _resolve_future, fut)
     try:
         await fut
     finally:
@@ -2021,6 +2020,11 @@ async def _connect_fd(int fd, object sockaddr, object loop):
     getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl)
     if soerr:
         raise OSError(soerr, os.strerror(soerr))
+
+
+def _resolve_future(fut):
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def _dial(str network, object target, object family, double read_timeout,
