@@ -73,7 +73,7 @@ cdef enum:
     NODE_MIN = 4096              # smallest node a write allocates (LinkBufferCap)
     INPLACE_THRESHOLD = 4096     # bytes this large are linked, not copied
     TAIL_MAX = 8192              # flush seals a tail larger than this
-    POOL_BYTES_PER_CLASS = 4 << 20
+    POOL_BYTES_PER_CLASS = 1 << 20     # cache at most 1 MiB of free blocks per class
 
 cdef void* pool_head[NCLASS]
 cdef Py_ssize_t pool_count[NCLASS]
