@@ -391,10 +391,24 @@ def _csv(kind: type, allowed: tuple | None = None) -> Callable[[str], list]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, help="frames per run (default: by size)")
-    parser.add_argument("--sizes", type=_csv(int), default=list(SIZES), help="payload sizes")
-    parser.add_argument("--impls", type=_csv(str, IMPLS), default=list(IMPLS))
-    parser.add_argument("--long", action="store_true", help="memory flatness over many frames")
-    parser.add_argument("--long-frames", type=int, default=10_000_000)
+    parser.add_argument(
+        "--sizes",
+        type=_csv(int),
+        default=list(SIZES),
+        help="payload sizes, comma-separated (default 64,1024,65536; --long: 64)",
+    )
+    parser.add_argument(
+        "--impls",
+        type=_csv(str, IMPLS),
+        default=list(IMPLS),
+        help=f"parsers, comma-separated, of {','.join(IMPLS)} (default all; --long: linkbuffer)",
+    )
+    parser.add_argument(
+        "--long", action="store_true", help="in-process memory flatness run, RSS at intervals"
+    )
+    parser.add_argument(
+        "--long-frames", type=int, default=10_000_000, help="--long: frames (default 10 M)"
+    )
     parser.add_argument("--every", type=int, default=1_000_000, help="--long: RSS interval")
     parser.add_argument(
         "--worker", nargs=3, metavar=("IMPL", "SIZE", "FRAMES"), help=argparse.SUPPRESS
