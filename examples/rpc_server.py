@@ -33,25 +33,33 @@ from typing import Any
 import netpoll
 
 _HEADER = struct.Struct(">I")
-_pack_into = _HEADER.pack_into
 
 
 async def on_request(ctx: Any, conn: netpoll.Connection) -> None:
-    """Answer every complete request frame in the buffer, then flush once."""
+    """Answer every complete request frame in the buffer, then flush once.
+
+    One view of everything buffered is parsed in place (zero-copy when it sits
+    in one node); each response is encoded into the output buffer; the input
+    is consumed with one skip and the answers leave with one flush.
+    """
     reader = conn.reader
-    writer = conn.writer
-    answered = False
-    while len(reader) >= 4:
-        n = _HEADER.unpack(await reader.peek(4))[0]
-        if len(reader) < 4 + n:
+    avail = len(reader)
+    if avail < 4:
+        return
+    data = await reader.peek(avail)
+    write = conn.writer.write_binary
+    pos = 0
+    while avail - pos >= 4:
+        n = _HEADER.unpack_from(data, pos)[0]
+        end = pos + 4 + n
+        if end > avail:
             break                          # the rest of this frame has not arrived yet
-        frame = await reader.next(4 + n)   # zero-copy view when the frame sits in one node
-        out = writer.malloc(4 + n)         # the response, encoded into a new buffer
-        _pack_into(out, 0, n)
-        out[4:] = frame[4:]
-        answered = True
-    if answered:
-        await writer.flush()
+        write(_HEADER.pack(n))             # the response, encoded into a new buffer
+        write(data[pos + 4:end])
+        pos = end
+    if pos:
+        await reader.skip(pos)
+        await conn.writer.flush()
 
 
 async def serve(host: str, port: int, unix: str | None = None) -> None:

@@ -31,21 +31,26 @@ async def echo_on_request(ctx: Any, conn: Connection) -> None:
 async def rpc_on_request(ctx: Any, conn: Connection) -> None:
     """Answer every complete frame (4-byte big-endian length + payload) in the buffer.
 
-    The request is decoded and a new response frame is encoded into the
-    output buffer; all answers of one wakeup go out in one flush.
+    One view of everything buffered is parsed in place; each response frame is
+    encoded into the output buffer; the input is consumed with one skip and
+    the answers of one wakeup go out in one flush.
     """
-    answered = False
-    while conn.len() >= 4:
-        n = int.from_bytes(await conn.peek(4), "big")
-        if conn.len() < 4 + n:
-            break
-        await conn.skip(4)
-        payload = await conn.next(n)
-        out = conn.malloc(4 + n)
-        out[:4] = n.to_bytes(4, "big")
-        out[4:] = payload
-        answered = True
-    if answered:
+    avail = conn.len()
+    if avail < 4:
+        return
+    data = await conn.peek(avail)
+    write = conn.write_binary
+    pos = 0
+    while avail - pos >= 4:
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 4 + n
+        if end > avail:
+            break                       # called again when the rest arrives
+        write(n.to_bytes(4, "big"))
+        write(data[pos + 4:end])
+        pos = end
+    if pos:
+        await conn.skip(pos)
         await conn.flush()
 
 
