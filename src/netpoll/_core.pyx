@@ -89,6 +89,9 @@ cdef extern from "Python.h":
     int PyContext_Exit(object ctx) except -1
     bint PyCoro_CheckExact(object o)
     object PyContext_CopyCurrent()
+    Py_ssize_t PyDict_GET_SIZE(object d)
+    int PyDict_SetItem(object d, object k, object v) except -1
+    int PyDict_DelItem(object d, object k) except -1
 
 
 NpReady_Init()
@@ -684,8 +687,11 @@ cdef class Handler:
         if _swap_current_task is not None:
             prev = _swap_current_task(self.loop, self)
         else:
-            prev = _current_tasks.get(self.loop)
-            _current_tasks[self.loop] = self
+            # from a loop callback no task is current and the dict is empty:
+            # skip the lookup of a task to restore
+            if PyDict_GET_SIZE(_current_tasks):
+                prev = _current_tasks.get(self.loop)
+            PyDict_SetItem(_current_tasks, self.loop, self)
         try:
             PyContext_Enter(c.context)
             if exc is None:
@@ -723,7 +729,7 @@ cdef class Handler:
             if _swap_current_task is not None:
                 _swap_current_task(self.loop, prev)
             elif prev is None:
-                _current_tasks.pop(self.loop, None)
+                PyDict_DelItem(_current_tasks, self.loop)
             else:
                 _current_tasks[self.loop] = prev
         except Exception:
