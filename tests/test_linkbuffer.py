@@ -14,7 +14,6 @@ chunk and node counts are back to zero once its buffers and views are gone.
 from __future__ import annotations
 
 import array
-import ctypes
 import faulthandler
 import gc
 import re
@@ -26,6 +25,7 @@ import pytest
 
 import netpoll
 import netpoll.errors
+from bufaddr import addr
 from netpoll import LinkBuffer, NotEnoughDataError, _buffer
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,43 +46,6 @@ DEBUG_BUILD = bool(getattr(_buffer, "NETPOLL_DEBUG_BUILD", False))
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-class _PyBuffer(ctypes.Structure):
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-# A private handle: ctypes.pythonapi's function objects are shared by every module, so
-# setting their argtypes there would clash with other tests doing the same.
-_api = ctypes.PyDLL(None)
-_get_buffer = _api.PyObject_GetBuffer
-_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
-_get_buffer.restype = ctypes.c_int
-_release_buffer = _api.PyBuffer_Release
-_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
-_release_buffer.restype = None
-
-
-def addr(obj: object) -> int:
-    """Address of the first byte of a bytes-like object (read-only ones included)."""
-    view = _PyBuffer()
-    _get_buffer(obj, ctypes.byref(view), 0)
-    try:
-        return int(view.buf or 0)
-    finally:
-        _release_buffer(ctypes.byref(view))
 
 
 def pattern(n: int, seed: int = 0) -> bytes:
