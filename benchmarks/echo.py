@@ -18,47 +18,14 @@ are skipped with a note and the baselines still run.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_harness() -> ModuleType:
-    """netpoll.bench.harness; from this checkout by path if netpoll cannot be imported."""
-    try:
-        from netpoll.bench import harness
-
-        return harness
-    except ImportError:
-        pass
-    path = ROOT / "src" / "netpoll" / "bench" / "harness.py"
-    spec = importlib.util.spec_from_file_location("netpoll_bench_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
-    return values
-
-
-def size_name(n: int) -> str:
-    return f"{n // 1024}KiB" if n >= 1024 and n % 1024 == 0 else f"{n}B"
-
-
 def main(argv: list[str] | None = None) -> int:
-    h = load_harness()
+    from netpoll.bench import harness as h
     parser = argparse.ArgumentParser(
         description="netpoll echo benchmark: sizes x connections x peers.",
         epilog="Peer names: netpoll-asyncio netpoll-uvloop asyncio-protocol asyncio-buffered "
@@ -72,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     load = parser.add_argument_group("load")
     load.add_argument(
-        "--sizes", type=_ints, metavar="B,...", help="message sizes (default 64,1024,16384)"
+        "--sizes", type=h.int_list, metavar="B,...", help="message sizes (default 64,1024,16384)"
     )
     load.add_argument(
-        "--connections", type=_ints, metavar="N,...", help="connection counts (default 1,50,500)"
+        "--connections", type=h.int_list, metavar="N,...", help="connection counts (default 1,50,500)"
     )
     load.add_argument(
         "--depth",
@@ -107,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     depth = f" d{args.depth}" if args.depth > 1 else ""
     cases = [
-        h.Case(f"{size_name(s)} x{c}{depth}", s, c, depth=args.depth) for s in sizes for c in conns
+        h.Case(f"{h.size_name(s)} x{c}{depth}", s, c, depth=args.depth) for s in sizes for c in conns
     ]
     estimate = len(cases) * len(specs) * args.repeat * (args.duration + args.warmup + 0.5)
     print(

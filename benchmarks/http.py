@@ -33,7 +33,6 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -41,31 +40,13 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
+
+from netpoll.bench import harness as h  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
-
-def load_harness() -> ModuleType:
-    """netpoll.bench.harness; from this checkout by path if netpoll cannot be imported."""
-    try:
-        from netpoll.bench import harness
-
-        return harness
-    except ImportError:
-        pass
-    path = ROOT / "src" / "netpoll" / "bench" / "harness.py"
-    spec = importlib.util.spec_from_file_location("netpoll_bench_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-h = load_harness()
 
 NGINX_CONF = """\
 worker_processes 1;

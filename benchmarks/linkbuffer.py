@@ -43,6 +43,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from netpoll.bench.harness import size_name
+
 PIECE = 1500
 IMPLS = ("linkbuffer", "linkbuffer-frame", "bytearray", "asyncio")
 SIZES = (64, 1024, 65536)
@@ -275,10 +277,6 @@ def run_in_child(impl: str, size: int, frames: int) -> dict[str, object]:
     if proc.returncode != 0:
         return {"impl": impl, "size": size, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def size_name(n: int) -> str:
-    return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
 
 
 def print_table(results: list[dict[str, object]]) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import importlib.util
 import io
 import shutil
 import statistics
@@ -40,31 +39,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from netpoll.bench import harness as h
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-def load_harness() -> ModuleType:
-    """netpoll.bench.harness; from this checkout by path if netpoll cannot be imported."""
-    try:
-        from netpoll.bench import harness
-
-        return harness
-    except ImportError:
-        pass
-    path = ROOT / "src" / "netpoll" / "bench" / "harness.py"
-    spec = importlib.util.spec_from_file_location("netpoll_bench_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-h = load_harness()
 
 
 @dataclass(frozen=True)

@@ -25,48 +25,15 @@ request, RSS, ratios to uvloop's Protocol server and to C.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 RPC_SERVER = ROOT / "examples" / "rpc_server.py"
 
 
-def load_harness() -> ModuleType:
-    """netpoll.bench.harness; from this checkout by path if netpoll cannot be imported."""
-    try:
-        from netpoll.bench import harness
-
-        return harness
-    except ImportError:
-        pass
-    path = ROOT / "src" / "netpoll" / "bench" / "harness.py"
-    spec = importlib.util.spec_from_file_location("netpoll_bench_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
-    return values
-
-
-def size_name(n: int) -> str:
-    return f"{n // 1024}KiB" if n >= 1024 and n % 1024 == 0 else f"{n}B"
-
-
 def main(argv: list[str] | None = None) -> int:
-    h = load_harness()
+    from netpoll.bench import harness as h
     parser = argparse.ArgumentParser(
         description="netpoll RPC benchmark (netpoll-benchmark scenarios).",
         epilog="Peer names: netpoll-asyncio netpoll-uvloop asyncio-rpc-protocol "
@@ -87,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         help="which scenarios to run (default all three)",
     )
     load.add_argument(
-        "--sizes", type=_ints, metavar="B,...", help="payload sizes (default 64,1024)"
+        "--sizes", type=h.int_list, metavar="B,...", help="payload sizes (default 64,1024)"
     )
     load.add_argument(
         "--connections",
-        type=_ints,
+        type=h.int_list,
         metavar="N,...",
         help="active connections for pool and idle (default 100,500,1000)",
     )
@@ -139,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = []
     for size in sizes:
-        sz = size_name(size)
+        sz = h.size_name(size)
         if "pool" in scenarios:
             cases += [h.Case(f"pool {sz} c{c}", size, c, mode="frame") for c in conns]
         if "idle" in scenarios:

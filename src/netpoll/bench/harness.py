@@ -1182,3 +1182,19 @@ def pinned_to(cpu: int | None) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, old)
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers ("64,1024")."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
+    return values
+
+
+def size_name(n: int) -> str:
+    """64 -> "64B", 1024 -> "1KiB"."""
+    return f"{n // 1024}KiB" if n >= 1024 and n % 1024 == 0 else f"{n}B"
