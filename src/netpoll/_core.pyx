@@ -65,7 +65,6 @@ import logging
 import os
 import random
 import socket
-import weakref
 
 from netpoll.errors import (
     ConcurrentAccessError,
@@ -606,7 +605,6 @@ cdef class Handler:
 
     cdef int run(self) except -1:
         """Call on_connect / on_request until nothing is left to do or one suspends."""
-        cdef Connection c = self.conn
         cdef int st
         while True:
             if self.coro is None:
