@@ -31,7 +31,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def test_ruff() -> None:
-    _run([*_tool("ruff"), "check", "src", "tests", "benchmarks", "examples"])
+    _run([*_tool("ruff"), "check", "src", "tests", "benchmarks", "examples", "scripts", "fuzz"])
 
 
 def test_mypy_strict() -> None:
