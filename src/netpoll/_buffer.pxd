@@ -100,7 +100,7 @@ cdef class LinkBuffer:
     cdef bytes c_read_binary(self, Py_ssize_t n)
     cdef LinkBuffer c_slice(self, Py_ssize_t n)
     cdef int c_flush(self) except -1
-    cdef int c_write(self, object data) except -1
+    cdef Py_ssize_t c_write(self, object data) except -1
     cdef int c_append(self, LinkBuffer other) except -1
     cdef int c_close(self) except -1
 

@@ -589,7 +589,8 @@ cdef class LinkBuffer:
             self.wr.cap = self.wr.malloc
         return 0
 
-    cdef int c_write(self, object data) except -1:
+    cdef Py_ssize_t c_write(self, object data) except -1:
+        """Append a bytes-like object; returns its length in bytes."""
         cdef Py_buffer pb
         cdef Node* w
         cdef Py_ssize_t n
@@ -599,13 +600,13 @@ cdef class LinkBuffer:
                 w = self._append(chunk_of_bytes(<bytes>data))
                 w.malloc = w.cap = n
                 self.pending += n
-                return 0
+                return n
             if n:
                 w = self._room(n)
                 memcpy(w.data + w.malloc, PyBytes_AS_STRING(data), n)
                 w.malloc += n
                 self.pending += n
-            return 0
+            return n
         if PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE) < 0:
             return -1
         try:
@@ -617,7 +618,7 @@ cdef class LinkBuffer:
                 self.pending += n
         finally:
             PyBuffer_Release(&pb)
-        return 0
+        return n
 
     cdef int c_append(self, LinkBuffer other) except -1:
         cdef Node* r = other.rd
@@ -840,8 +841,7 @@ cdef class LinkBuffer:
         mutable objects are copied at every size.
         """
         self._check("write_binary")
-        self.c_write(data)
-        return len(data) if type(data) is bytes else memoryview(data).nbytes
+        return self.c_write(data)
 
     def write_string(self, str s, str encoding="utf-8"):
         """Append encoded text; returns the bytes written."""

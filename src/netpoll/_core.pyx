@@ -1570,7 +1570,8 @@ cdef class Connection:
     def write_binary(self, data):
         """Append a bytes-like object to the output; returns its length."""
         self._writable("write_binary")
-        return self.outbuf.write_binary(data)
+        self.outbuf._check("write_binary")
+        return self.outbuf.c_write(data)
 
     def write_string(self, s, encoding="utf-8"):
         """Append encoded text to the output; returns the bytes written."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import struct
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ from netpoll._core import Connection
 __all__ = ["echo_on_request", "rpc_on_request", "run_server"]
 
 Handler = Callable[[Any, Connection], Awaitable[None]]
+_HDR = struct.Struct(">I")
 
 
 async def echo_on_request(ctx: Any, conn: Connection) -> None:
@@ -40,13 +42,14 @@ async def rpc_on_request(ctx: Any, conn: Connection) -> None:
         return
     data = await conn.peek(avail)
     write = conn.write_binary
+    unpack_from, pack = _HDR.unpack_from, _HDR.pack
     pos = 0
     while avail - pos >= 4:
-        n = int.from_bytes(data[pos:pos + 4], "big")
+        (n,) = unpack_from(data, pos)
         end = pos + 4 + n
         if end > avail:
             break                       # called again when the rest arrives
-        write(n.to_bytes(4, "big"))
+        write(pack(n))
         write(data[pos + 4:end])
         pos = end
     if pos:
