@@ -124,3 +124,22 @@ def test_http_example_url_split_across_reads():
     split, _ = mod.drive("http", [req[:7], req[7:]])       # "GET /?a" + "=1 HTTP/1.1..."
     assert whole.startswith(b"HTTP/1.1 200 OK")
     assert split == whole
+
+
+def test_resp_example_refuses_nested_arrays():
+    """Found by this fuzzer (atheris, 2nd session): hiredis parses nested arrays inside a
+    command, and `SET k v [array]` reached cmd_set, which called .upper() on a list and
+    the handler died with AttributeError. A command must be bulk strings only."""
+    mod = harness("fuzz_parsers")
+    why = mod.unavailable("resp")
+    if why:
+        pytest.skip(why)
+    bad = b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1\r\n$2\r\nEX\r\n"
+    nested_int = b"*2\r\n$3\r\nGET\r\n:5\r\n"
+    after = b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    for pieces in mod.splits(bad + nested_int + after, 3).values():
+        out, _ = mod.drive("resp", pieces)
+        assert out == (
+            b"-ERR Protocol error: expected an array of bulk strings\r\n" * 2
+            + b"+PONG\r\n$-1\r\n"
+        ), out
