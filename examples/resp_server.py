@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -395,6 +396,77 @@ def skip_commands(data: bytes, count: int) -> int | None:
 #: Input kept for recovery before it is trimmed to the unfinished command.
 SEGMENT_TRIM = 256 * 1024
 
+#: Most elements an array header may declare. hiredis-py allocates a list of the declared
+#: length as soon as it reads the header: `*999999999\r\n` (12 bytes) costs 8 GB of address
+#: space, or MemoryError, and seconds of CPU to free. Redis caps its multibulk length too.
+MAX_ELEMENTS = 1024 * 1024
+#: Cheap gate: an aggregate header with 7 digits or more somewhere in the input. Only then
+#: is the input walked (`too_many_elements`) to see whether it really is a header.
+_BIG_HEADER = re.compile(rb"[*%~>|][-+]?[0-9]{7,}")
+_AGGREGATES = b"*%~>|"
+_BULKS = b"$=!"
+
+
+def tail(segment: list[bytes | memoryview], n: int = 24) -> bytes:
+    """The last `n` bytes fed since the last boundary (a header may span reads)."""
+    parts: list[bytes] = []
+    got = 0
+    for piece in reversed(segment):
+        parts.append(bytes(piece[-(n - got):]))
+        got += len(parts[-1])
+        if got >= n:
+            break
+    return b"".join(reversed(parts))
+
+
+def too_many_elements(data: bytes) -> bool:
+    """True if a complete aggregate header in `data` (commands from a boundary on)
+    declares more than MAX_ELEMENTS elements. Incomplete or malformed input is left to
+    hiredis (False)."""
+    pos, end = 0, len(data)
+
+    def value(pos: int) -> int | None:
+        """The offset past the RESP value at `pos`; None: incomplete or malformed.
+        Raises OverflowError for an oversized header."""
+        nl = data.find(b"\r\n", pos)
+        if nl < 0 or pos >= end:
+            return None
+        kind = data[pos]
+        try:
+            count = int(data[pos + 1 : nl]) if kind in _AGGREGATES or kind in _BULKS else 0
+        except ValueError:
+            return None
+        pos = nl + 2
+        if kind in _AGGREGATES:
+            if count > MAX_ELEMENTS:
+                raise OverflowError
+            for _ in range(count * 2 if kind == 37 else count):  # b"%": a map, key and value
+                nxt = value(pos)
+                if nxt is None:
+                    return None
+                pos = nxt
+        elif kind in _BULKS and count >= 0:
+            pos += count + 2
+            if pos > end:
+                return None
+        return pos
+
+    try:
+        while pos < end:
+            if data[pos] == 42:  # a multibulk command
+                nxt = value(pos)
+                if nxt is None:
+                    return False
+                pos = nxt
+            else:  # an inline command: one line
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    return False
+                pos = nl + 1
+    except (OverflowError, RecursionError):
+        return True
+    return False
+
 
 def feed(state: ConnState, chunk: bytes | memoryview, out: list[bytes]) -> tuple[bool, bytes]:
     """Feed `chunk` to hiredis and answer every complete command into `out`.
@@ -403,6 +475,13 @@ def feed(state: ConnState, chunk: bytes | memoryview, out: list[bytes]) -> tuple
     to be handled by `process_bytes`.
     """
     reader = state.reader
+    if _BIG_HEADER.search(chunk) or (not state.at_boundary and _BIG_HEADER.search(
+            tail(state.segment) + bytes(chunk[:24]))):
+        # rare: a long digit run; walk the input since the last boundary to be sure
+        data = b"".join([*state.segment, chunk]) if not state.at_boundary else bytes(chunk)
+        if too_many_elements(data):
+            out.append(error("ERR Protocol error: invalid multibulk length"))
+            return True, b""
     if state.at_boundary:
         state.segment = [chunk]
         state.segment_len = len(chunk)

@@ -8,8 +8,9 @@
 # Counts (override with the environment): LB_RUNS (atheris LinkBuffer, 1,000,000),
 # PARSER_RUNS (atheris per parser, 200,000), RANDOM_RUNS (randomized LinkBuffer,
 # 20,000), RANDOM_PARSER_RUNS (randomized per parser, 50,000). The first argument
-# picks the kinds: "all" (default), "atheris" or "random". A failure stops the script
-# with the failing input left in $FUZZ_OUT (libFuzzer's crash-* file).
+# picks the kinds: "all" (default), "atheris" or "random"; FUZZ_TARGETS picks the harnesses
+# (default "linkbuffer rpc resp http"). A failure stops the script with the failing input
+# left in $FUZZ_OUT (libFuzzer's crash-* file); the corpora there are reused by later runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${FUZZ_PY:-$root/.venv/bin/python}
@@ -51,11 +52,14 @@ random_run() {    # script target runs
   summary "ok   random $target${FUZZ_ASAN:+ (ASan+UBSan)}: $(tail -1 "$log")"
 }
 
-if [[ $kinds == all || $kinds == random ]]; then
-  random_run fuzz_linkbuffer.py linkbuffer "${RANDOM_RUNS:-20000}"
-  for t in rpc resp http; do random_run fuzz_parsers.py "$t" "${RANDOM_PARSER_RUNS:-50000}"; done
-fi
-if [[ $kinds == all || $kinds == atheris ]]; then
-  atheris_run fuzz_linkbuffer.py linkbuffer "${LB_RUNS:-1000000}"
-  for t in rpc resp http; do atheris_run fuzz_parsers.py "$t" "${PARSER_RUNS:-200000}"; done
-fi
+targets=${FUZZ_TARGETS:-linkbuffer rpc resp http}
+for kind in random atheris; do
+  [[ $kinds == all || $kinds == "$kind" ]] || continue
+  for t in $targets; do
+    if [[ $t == linkbuffer ]]; then
+      if [[ $kind == random ]]; then random_run fuzz_linkbuffer.py linkbuffer "${RANDOM_RUNS:-20000}"
+      else atheris_run fuzz_linkbuffer.py linkbuffer "${LB_RUNS:-1000000}"; fi
+    elif [[ $kind == random ]]; then random_run fuzz_parsers.py "$t" "${RANDOM_PARSER_RUNS:-50000}"
+    else atheris_run fuzz_parsers.py "$t" "${PARSER_RUNS:-200000}"; fi
+  done
+done

@@ -143,3 +143,32 @@ def test_resp_example_refuses_nested_arrays():
             b"-ERR Protocol error: expected an array of bulk strings\r\n" * 2
             + b"+PONG\r\n$-1\r\n"
         ), out
+
+
+def test_resp_example_refuses_huge_array_headers():
+    """Found by this fuzzer (atheris, 2nd session): hiredis-py allocates a list of the
+    declared length when it reads an array header, so `*999999994\\r\\n` cost seconds of
+    CPU (and `*3372036851\\r\\n` a MemoryError that killed the handler). The example now
+    answers a protocol error and closes, as Redis does, whether the header comes whole,
+    byte by byte or nested; a bulk string that merely contains such digits still works."""
+    import time
+
+    mod = harness("fuzz_parsers")
+    why = mod.unavailable("resp")
+    if why:
+        pytest.skip(why)
+    refused = (b"-ERR Protocol error: invalid multibulk length\r\n", True)
+    for bad in (
+        b"*3372036851\r\n$4\r\nMGET\r\n",
+        b"*999999994\r\n$4\r\nECHO\r\n",
+        b"PING\r\n*2\r\n$3\r\nGET\r\n*99999999\r\n$1\r\nk\r\n",
+    ):
+        for name, pieces in mod.splits(bad, 5).items():
+            t0 = time.monotonic()
+            out, quit = mod.drive("resp", pieces)
+            assert time.monotonic() - t0 < 1.0, name
+            assert (out[-len(refused[0]) :], quit) == refused, (name, out)
+    value = b"*12345678\r\n"
+    ok = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$11\r\n" + value + b"\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    for pieces in mod.splits(ok, 6).values():
+        assert mod.drive("resp", pieces) == (b"+OK\r\n$11\r\n" + value + b"\r\n", False)
