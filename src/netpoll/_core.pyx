@@ -1050,9 +1050,12 @@ cdef class Connection:
         memset(&msg, 0, sizeof(msg))
         while self.outbuf.length:
             cnt = self.outbuf.fill_iovecs(iov, MAX_IOV, &total)
-            msg.msg_iov = iov
-            msg.msg_iovlen = cnt
-            n = sendmsg(self.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if cnt == 1:        # the common case: send() skips the kernel's msghdr copy
+                n = send(self.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT)
+            else:
+                msg.msg_iov = iov
+                msg.msg_iovlen = cnt
+                n = sendmsg(self.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)
             if n < 0:
                 err = errno
                 if err == EINTR:

@@ -22,6 +22,7 @@ __all__ = ["echo_on_request", "rpc_on_request", "run_server"]
 
 Handler = Callable[[Any, Connection], Awaitable[None]]
 _HDR = struct.Struct(">I")
+_unpack_from, _pack = _HDR.unpack_from, _HDR.pack      # bound once, not per call
 
 
 async def echo_on_request(ctx: Any, conn: Connection) -> None:
@@ -42,14 +43,13 @@ async def rpc_on_request(ctx: Any, conn: Connection) -> None:
         return
     data = await conn.peek(avail)
     write = conn.write_binary
-    unpack_from, pack = _HDR.unpack_from, _HDR.pack
     pos = 0
     while avail - pos >= 4:
-        (n,) = unpack_from(data, pos)
+        (n,) = _unpack_from(data, pos)
         end = pos + 4 + n
         if end > avail:
             break                       # called again when the rest arrives
-        write(pack(n))
+        write(_pack(n))
         write(data[pos + 4:end])
         pos = end
     if pos:

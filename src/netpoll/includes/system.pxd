@@ -70,6 +70,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_KEEPALIVE
         SHUT_RDWR
     ssize_t recv(int fd, void* buf, size_t n, int flags)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
     ssize_t sendmsg(int fd, const msghdr* msg, int flags)
     int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
     int setsockopt(int fd, int level, int name, const void* val, socklen_t len)
