@@ -308,6 +308,35 @@ def test_mux_client_fails_pending_calls_when_the_server_dies(run: Any) -> None:
     run(main(), timeout=20)
 
 
+def test_mux_client_call_timeout(run: Any) -> None:
+    """A call with no response fails with TimeoutError after call_timeout (swept, so a
+    little late, never early); calls without a timeout stay pending; nothing is left."""
+    async def main() -> None:
+        with socket.socket() as ls:                  # accepts (in the kernel), never answers
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(16)
+            loop = asyncio.get_running_loop()
+            client = mux_client.MuxClient("tcp", ls.getsockname(), call_timeout=0.3)
+            t0 = loop.time()
+            calls = [asyncio.ensure_future(client.call(b"lost")) for _ in range(5)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            took = loop.time() - t0
+            assert all(isinstance(r, TimeoutError) for r in results), results
+            assert 0.3 <= took < 1.0, took
+            assert all(not ch.pending for ch in client._channels if ch is not None)
+            client.call_timeout = None
+            waiting = asyncio.ensure_future(client.call(b"lost"))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            await client.close()
+            assert isinstance(
+                (await asyncio.gather(waiting, return_exceptions=True))[0],
+                netpoll.ConnectionClosedError,
+            )
+
+    run(main(), timeout=20)
+
+
 async def _shutdown_right_after(app: Any, server: netpoll.EventLoop, shutdown: Any,
                                 stream: bytes) -> bytes:
     """Serve in process; send `stream`; start shutdown before the server has read it."""
