@@ -10,19 +10,16 @@ non-2xx answer.  SIGTERM must shut the server down with exit code 0.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from example_server import example_server, recv_exactly
 
 pytest.importorskip(
     "httptools", reason="the HTTP example parses with httptools: pip install httptools"
@@ -50,38 +47,9 @@ OK = response(b"200 OK", b"Hello, World!")
 ONE_OK_LEN = 132  # one 200 response: a fixed length, as the Date header has a fixed width
 
 
-@contextlib.contextmanager
-def http_server(uvloop: bool = False) -> Iterator[int]:
+def http_server(uvloop: bool = False) -> contextlib.AbstractContextManager[int]:
     """Run the example; yields its port; on exit SIGTERM must stop it with code 0."""
-    if uvloop and importlib.util.find_spec("uvloop") is None:
-        pytest.skip("uvloop is not installed")
-    argv = [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", "0"]
-    if uvloop:
-        argv.append("--uvloop")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        try:
-            assert proc.stdout is not None and proc.stderr is not None
-            port = None
-            while True:
-                line = proc.stdout.readline()
-                if not line:
-                    raise AssertionError(f"http_server exited early: {proc.stderr.read()}")
-                if line.startswith("listening on "):
-                    port = int(line.rsplit(":", 1)[1])
-                if line.strip() == "ready":
-                    break
-            assert port, "http_server did not say where it listens"
-            yield port
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(15) == 0, proc.stderr.read()
-            assert "Traceback" not in proc.stderr.read()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    return example_server(SERVER.name, uvloop)
 
 
 def connect(port: int) -> socket.socket:
@@ -89,16 +57,6 @@ def connect(port: int) -> socket.socket:
     sock.settimeout(10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(out)} of {n} bytes: {bytes(out)!r}")
-        out += chunk
-    return bytes(out)
 
 
 def recv_until_eof(sock: socket.socket) -> bytes:

@@ -12,18 +12,16 @@ commands, requests split byte by byte and coalesced), by ``redis-cli`` and by
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from example_server import example_server, recv_exactly
 
 pytest.importorskip("hiredis", reason="the RESP example parses with hiredis: pip install hiredis")
 redis = pytest.importorskip("redis", reason="the tests drive it with redis-py: pip install redis")
@@ -35,38 +33,9 @@ SERVER = Path(__file__).resolve().parent.parent / "examples" / "resp_server.py"
 loops = pytest.mark.parametrize("uvloop", [False, True], ids=["asyncio", "uvloop"])
 
 
-@contextlib.contextmanager
-def resp_server(uvloop: bool = False) -> Iterator[int]:
+def resp_server(uvloop: bool = False) -> contextlib.AbstractContextManager[int]:
     """Run the example; yields its port; on exit SIGTERM must stop it with code 0."""
-    if uvloop and importlib.util.find_spec("uvloop") is None:
-        pytest.skip("uvloop is not installed")
-    argv = [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", "0"]
-    if uvloop:
-        argv.append("--uvloop")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        try:
-            assert proc.stdout is not None and proc.stderr is not None
-            port = None
-            while True:
-                line = proc.stdout.readline()
-                if not line:
-                    raise AssertionError(f"resp_server exited early: {proc.stderr.read()}")
-                if line.startswith("listening on "):
-                    port = int(line.rsplit(":", 1)[1])
-                if line.strip() == "ready":
-                    break
-            assert port, "resp_server did not say where it listens"
-            yield port
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(15) == 0, proc.stderr.read()
-            assert "Traceback" not in proc.stderr.read()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    return example_server(SERVER.name, uvloop)
 
 
 def client(port: int) -> redis.Redis:
@@ -78,16 +47,6 @@ def resp_command(*args: bytes) -> bytes:
     for a in args:
         out.append(b"$%d\r\n%s\r\n" % (len(a), a))
     return b"".join(out)
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(out)} of {n} bytes: {bytes(out)!r}")
-        out += chunk
-    return bytes(out)
 
 
 def need(tool: str) -> str:
