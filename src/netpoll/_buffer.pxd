@@ -65,10 +65,14 @@ cdef class LinkBuffer:
     cdef Py_ssize_t pending  # written or reserved since the last flush (malloc_len)
     cdef Py_ssize_t hint     # capacity hint for the first node
     cdef bint closed
+    cdef bint owned          # a connection's input: the poller writes it, users only read
+    cdef Py_ssize_t gen      # bumped by every consume and close (re-entrancy checks)
 
     # -- internals --
     cdef void _free_nodes(self) noexcept
     cdef int _check(self, str op) except -1
+    cdef int _check_write(self, str op) except -1
+    # _check, and refuse Python-level writes and close() on a reactor-owned buffer.
     cdef int _need(self, str op, Py_ssize_t n) except -1
     cdef Node* _append(self, Chunk c) except NULL
     cdef Node* _room(self, Py_ssize_t need) except NULL

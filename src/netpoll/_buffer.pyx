@@ -293,6 +293,8 @@ cdef class LinkBuffer:
         self.length = 0
         self.pending = 0
         self.closed = False
+        self.owned = False
+        self.gen = 0
         self.hint = 0
 
     def __init__(self, size=4096):
@@ -315,6 +317,14 @@ cdef class LinkBuffer:
     cdef int _check(self, str op) except -1:
         if self.closed:
             raise ValueError(f"{op}: I/O operation on closed LinkBuffer")
+        return 0
+
+    cdef int _check_write(self, str op) except -1:
+        if self.closed:
+            raise ValueError(f"{op}: I/O operation on closed LinkBuffer")
+        if self.owned:
+            raise ValueError(f"{op}: a connection's input buffer is written by the poller; "
+                             "it can only be read")
         return 0
 
     cdef int _need(self, str op, Py_ssize_t n) except -1:
@@ -465,6 +475,7 @@ cdef class LinkBuffer:
     cdef int consume(self, Py_ssize_t n) except -1:
         cdef Node* r
         cdef Py_ssize_t k
+        self.gen += 1
         self.length -= n
         while n > 0:
             r = self.rd
@@ -531,6 +542,7 @@ cdef class LinkBuffer:
         mv = view(<Chunk>r.chunk, r.data + r.off, n, True)
         r.off += n
         self.length -= n
+        self.gen += 1
         if r.off == r.end and r != self.fl:
             self._trim()
         return mv
@@ -637,6 +649,7 @@ cdef class LinkBuffer:
         return 0
 
     cdef int c_close(self) except -1:
+        self.gen += 1
         self._free_nodes()
         self.length = 0
         self.pending = 0
@@ -715,25 +728,39 @@ cdef class LinkBuffer:
         return self.c_read_binary(k)
 
     def read_string(self, n, str encoding="utf-8", str errors="strict"):
-        """The next n bytes decoded; on a decode error nothing is consumed."""
+        """The next n bytes decoded; on a decode error nothing is consumed.
+
+        A codec or error handler is user code and may touch this buffer while
+        it runs: the bytes being decoded are kept alive by a reference to
+        their chunk, and if the buffer was consumed from or closed meanwhile,
+        nothing is consumed and RuntimeError (ValueError once closed) is raised.
+        """
         self._check("read_string")
         cdef Py_ssize_t k = _size_arg("read_string", n)
         self._need("read_string", k)
         cdef Node* r
+        cdef Py_ssize_t gen
         if k == 0:
             return ""
         self._trim()
         r = self.rd
         while r.off == r.end:
             r = r.next
+        gen = self.gen
         if r.end - r.off >= k:
+            keep = <object>r.chunk        # the memory stays valid whatever the codec does
             eb = encoding.encode()
             xb = errors.encode()
             s = PyUnicode_Decode(r.data + r.off, k, eb, xb)
+            del keep
         else:
             tmp = PyBytes_FromStringAndSize(NULL, k)
             self._copy_out(PyBytes_AS_STRING(tmp), k)
             s = tmp.decode(encoding, errors)
+        if self.gen != gen:
+            self._check("read_string")
+            raise RuntimeError(
+                f"read_string({k}): the buffer was read from while decoding; nothing consumed")
         self.consume(k)
         return s
 
@@ -786,7 +813,7 @@ cdef class LinkBuffer:
 
     def malloc(self, n):
         """Reserve n contiguous bytes at the tail; returns a writable memoryview of them."""
-        self._check("malloc")
+        self._check_write("malloc")
         cdef Py_ssize_t k = _size_arg("malloc", n)
         cdef Node* w
         if k == 0:
@@ -804,7 +831,7 @@ cdef class LinkBuffer:
 
     def malloc_ack(self, n):
         """Keep the first n bytes written or reserved since the last flush; drop the rest."""
-        self._check("malloc_ack")
+        self._check_write("malloc_ack")
         cdef Py_ssize_t k = _size_arg("malloc_ack", n)
         cdef Py_ssize_t left = k, p
         cdef Node* node
@@ -840,12 +867,12 @@ cdef class LinkBuffer:
         An immutable ``bytes`` of 4 KiB or more is linked without copying;
         mutable objects are copied at every size.
         """
-        self._check("write_binary")
+        self._check_write("write_binary")
         return self.c_write(data)
 
     def write_string(self, str s, str encoding="utf-8"):
         """Append encoded text; returns the bytes written."""
-        self._check("write_string")
+        self._check_write("write_string")
         cdef Py_ssize_t n
         cdef const char* p
         cdef Node* w
@@ -865,7 +892,7 @@ cdef class LinkBuffer:
 
     def write_byte(self, b):
         """Append one byte (an int 0..255)."""
-        self._check("write_byte")
+        self._check_write("write_byte")
         if not isinstance(b, int):
             raise TypeError(f"write_byte: expected an int, not {type(b).__name__}")
         if not 0 <= b <= 255:
@@ -881,7 +908,7 @@ cdef class LinkBuffer:
         ``malloc(nA + nB); write_direct(b, nB)`` gives ``bufA | b | bufB``.
         An immutable ``bytes`` is linked without copying; other objects are copied.
         """
-        self._check("write_direct")
+        self._check_write("write_direct")
         cdef Py_ssize_t rc = _size_arg("write_direct", remain_cap)
         cdef Py_ssize_t pos, p, n
         cdef Node* node
@@ -943,27 +970,29 @@ cdef class LinkBuffer:
 
     def write_buffer(self, LinkBuffer other not None):
         """Move all readable data of `other` to this tail without copying; `other` is closed."""
-        self._check("write_buffer")
+        self._check_write("write_buffer")
         if other is self:
             raise ValueError("write_buffer: cannot append a buffer to itself")
-        other._check("write_buffer")
+        other._check_write("write_buffer")
         self.c_append(other)
 
     def append(self, LinkBuffer other not None):
         """Same as write_buffer (Go's Append)."""
-        self._check("append")
+        self._check_write("append")
         if other is self:
             raise ValueError("append: cannot append a buffer to itself")
-        other._check("append")
+        other._check_write("append")
         self.c_append(other)
 
     def flush(self):
         """Make everything written so far readable."""
-        self._check("flush")
+        self._check_write("flush")
         self.c_flush()
 
     def close(self):
         """Give back all memory; views handed out stay valid. A second close does nothing."""
+        if self.owned and not self.closed:
+            raise ValueError("close: a connection's input buffer is closed with the connection")
         if not self.closed:
             self.c_close()
 

@@ -635,7 +635,7 @@ cdef class Handler:
             c.connect_state = CONNECTED
         if self.phase == PH_REQUEST:
             # called again only if the last call consumed something, or data came
-            if c.consumed == self.consumed_mark and c.rx_total == self.rx_mark:
+            if c.inbuf.gen == self.consumed_mark and c.rx_total == self.rx_mark:
                 self.finish()
                 return False
         if (c.closing == USER or c.on_request is None or c.inbuf.length == 0
@@ -643,7 +643,7 @@ cdef class Handler:
             self.finish()
             return False
         self.phase = PH_REQUEST
-        self.consumed_mark = c.consumed
+        self.consumed_mark = c.inbuf.gen
         self.rx_mark = c.rx_total
         try:
             res = c.on_request(c.ctx, c)
@@ -833,6 +833,7 @@ cdef class Connection:
     cdef bint registered
     cdef bint writing            # EPOLLOUT armed
     cdef bint paused             # read backpressure: EPOLLIN off
+    cdef bint wpaused            # write backpressure: EPOLLIN off while output is above the limit
     cdef bint detached
     cdef bint finished           # close callbacks ran, fd closed
     cdef bint queued             # on the poller's ready list
@@ -852,6 +853,7 @@ cdef class Connection:
     cdef double idle_timeout
     cdef double last_active
     cdef Py_ssize_t read_limit
+    cdef Py_ssize_t write_limit
     cdef Py_ssize_t book_size
     cdef Py_ssize_t max_size
     cdef Py_ssize_t rx_total     # bytes received
@@ -866,6 +868,7 @@ cdef class Connection:
         self.fd = -1
         self.close_callbacks = []
         self.inbuf = LinkBuffer.__new__(LinkBuffer)
+        self.inbuf.owned = True
         self.outbuf = LinkBuffer.__new__(LinkBuffer)
         if NETPOLL_DEBUG:
             live_connections += 1
@@ -913,7 +916,7 @@ cdef class Connection:
         if self.closing:
             return 0
         if ev & (EPOLLIN | HUP_EVENTS) and not self.peer_eof and not self.paused \
-                and not self.draining:
+                and not self.wpaused and not self.draining:
             self.do_read(ev)
         elif ev & (EPOLLHUP | EPOLLERR) and not self.writing:
             self.mark_eof(None)
@@ -1013,7 +1016,7 @@ cdef class Connection:
 
     cdef int update_events(self) except -1:
         cdef unsigned int want = 0
-        if not self.peer_eof and not self.paused and not self.draining:
+        if not self.peer_eof and not self.paused and not self.wpaused and not self.draining:
             want = READ_EVENTS
         if self.writing:
             want |= EPOLLOUT
@@ -1023,9 +1026,16 @@ cdef class Connection:
 
     cdef int on_writable(self) except -1:
         cdef int r = self.send_out()
+        if self.wpaused and self.outbuf.length + self.outbuf.pending <= self.write_limit // 2:
+            self.wpaused = False
+            if r == 1:
+                self.update_events()
         if r == 1:
             return 0
         self.writing = False
+        if self.write_timer is not None and self.flush_waiter is None:
+            self.poller.cancel_timer(self.write_timer)      # a flush_nowait's deadline
+            self.write_timer = None
         self.update_events()
         w = self.flush_waiter
         self.flush_waiter = None
@@ -1081,6 +1091,13 @@ cdef class Connection:
                 token.set_exception(ReadTimeoutError(
                     f"read timed out after {self.read_timeout:g}s: "
                     f"{self.inbuf.length} bytes readable, {self.read_need} needed"))
+        elif kind == T_WRITE and token is _NOWAIT:
+            self.write_timer = None
+            if self.writing and self.flush_waiter is None:
+                config.logger.debug(
+                    "netpoll: closing fd %d: write timed out after %gs with %d bytes unsent",
+                    self.fd, self.write_timeout, self.outbuf.length)
+                self.close()
         elif kind == T_WRITE:
             if self.flush_waiter is token and not token.done():
                 self.flush_waiter = None
@@ -1628,6 +1645,7 @@ cdef class Connection:
             return NpReady_Fail(exc)
         self.writing = True
         self.update_events()
+        self.check_write_limit()
         return self._wait_flush()
 
     async def _wait_flush(self):
@@ -1650,6 +1668,75 @@ cdef class Connection:
         n = self.write_binary(data)
         await self.flush()
         return n
+
+
+    # -- synchronous access (plain-function handlers) ----------------------------------
+
+    @property
+    def input(self):
+        """The input LinkBuffer: synchronous reads that never wait; writes are refused."""
+        return self.inbuf
+
+    def output_len(self):
+        """Bytes written (flushed or not) and not yet taken by the kernel."""
+        if self.finished:
+            return 0
+        return self.outbuf.length + self.outbuf.pending
+
+    def flush_nowait(self):
+        """Start sending everything written; the poller sends what the socket does not take.
+
+        Never waits. What is still unsent when the write timeout passes closes
+        the connection (logged at debug level).
+        """
+        cdef int r
+        if self.closing:
+            raise ConnectionClosedError("flush_nowait: connection closed")
+        self.outbuf.c_flush()
+        if self.writing:
+            self.check_write_limit()
+            return None
+        r = self.send_out()
+        if r == 0:
+            return None
+        if r < 0:
+            err = oserror(-r, "flush")
+            self.mark_eof(err)
+            if not self.poller.in_batch:
+                self.poller.kick()
+            return None
+        self.writing = True
+        self.update_events()
+        if self.write_timeout > 0 and self.write_timer is None:
+            self.write_timer = self.poller.push_timer(monotonic() + self.write_timeout, self,
+                                                      T_WRITE, _NOWAIT)
+        self.check_write_limit()
+        return None
+
+    cdef int check_write_limit(self) except -1:
+        if self.write_limit and not self.wpaused \
+                and self.outbuf.length + self.outbuf.pending > self.write_limit:
+            self.wpaused = True
+            self.update_events()
+        return 0
+
+    def set_write_buffer_limit(self, limit):
+        """Stop reading input while more than this many output bytes are unsent (None: off)."""
+        if limit is None:
+            self.write_limit = 0
+        else:
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise ValueError(f"set_write_buffer_limit({limit!r}): must be an int >= 1")
+            self.write_limit = limit
+        if self.wpaused and (self.write_limit == 0
+                             or self.outbuf.length + self.outbuf.pending <= self.write_limit // 2):
+            self.wpaused = False
+            self.update_events()
+        elif self.writing:
+            self.check_write_limit()
+
+
+cdef object _NOWAIT = object()      # the token of a flush_nowait's write deadline
 
 
 cdef str _opname(int op):
@@ -1763,6 +1850,7 @@ cdef class EventLoop:
     cdef double write_timeout
     cdef double idle_timeout
     cdef Py_ssize_t read_limit
+    cdef Py_ssize_t write_limit
     cdef object loop
     cdef object listener
     cdef int lfd
@@ -1778,7 +1866,7 @@ cdef class EventLoop:
 
     def __init__(self, on_request, on_prepare=None, on_connect=None, on_disconnect=None,
                  read_timeout=None, write_timeout=None, idle_timeout=None,
-                 read_buffer_limit=None):
+                 read_buffer_limit=None, write_buffer_limit=None):
         for name, cb in (("on_request", on_request), ("on_prepare", on_prepare),
                          ("on_connect", on_connect), ("on_disconnect", on_disconnect)):
             if cb is not None and not callable(cb):
@@ -1795,6 +1883,12 @@ cdef class EventLoop:
             raise ValueError(
                 f"EventLoop(read_buffer_limit={read_buffer_limit!r}): must be an int >= 1")
         self.read_limit = read_buffer_limit or 0
+        if write_buffer_limit is not None and (not isinstance(write_buffer_limit, int)
+                                               or isinstance(write_buffer_limit, bool)
+                                               or write_buffer_limit < 1):
+            raise ValueError(
+                f"EventLoop(write_buffer_limit={write_buffer_limit!r}): must be an int >= 1")
+        self.write_limit = write_buffer_limit or 0
         self.conns = set()
         self.lfd = -1
 
@@ -1902,6 +1996,7 @@ cdef class EventLoop:
         c.read_timeout = self.read_timeout
         c.write_timeout = self.write_timeout
         c.read_limit = self.read_limit
+        c.write_limit = self.write_limit
         self.conns.add(c)
         if self.idle_timeout > 0:
             c.set_idle_timeout(self.idle_timeout)
@@ -2044,7 +2139,7 @@ def _resolve_future(fut):
 
 
 async def _dial(str network, object target, object family, double read_timeout,
-                double write_timeout, double idle_timeout):
+                double write_timeout, double idle_timeout, Py_ssize_t write_limit):
     loop = asyncio.get_running_loop()
     if network == "unix":
         candidates = [(socket.AF_UNIX, target)]
@@ -2071,6 +2166,7 @@ async def _dial(str network, object target, object family, double read_timeout,
         c.connect_state = CONNECTED
         c.read_timeout = read_timeout
         c.write_timeout = write_timeout
+        c.write_limit = write_limit
         c.poller.add(c)
         if idle_timeout > 0:
             c.set_idle_timeout(idle_timeout)
@@ -2080,9 +2176,11 @@ async def _dial(str network, object target, object family, double read_timeout,
     raise last
 
 
-async def dial(network, target, family, timeout, read_timeout, write_timeout, idle_timeout):
+async def dial(network, target, family, timeout, read_timeout, write_timeout, idle_timeout,
+               write_limit=0):
     """Dial and wrap the socket in a Connection (internal; see netpoll.Dialer)."""
-    coro = _dial(network, target, family, read_timeout, write_timeout, idle_timeout)
+    coro = _dial(network, target, family, read_timeout, write_timeout, idle_timeout,
+                 write_limit or 0)
     if timeout is None or timeout <= 0:
         return await coro
     try:

@@ -209,7 +209,14 @@ class Dialer:
     """Makes client connections; its timeouts apply to every connection it makes."""
 
     def __init__(self, read_timeout: float | None = None, write_timeout: float | None = None,
-                 idle_timeout: float | None = None) -> None:
+                 idle_timeout: float | None = None,
+                 write_buffer_limit: int | None = None) -> None:
+        if write_buffer_limit is not None and (
+                isinstance(write_buffer_limit, bool) or not isinstance(write_buffer_limit, int)
+                or write_buffer_limit < 1):
+            raise ValueError(
+                f"Dialer(write_buffer_limit={write_buffer_limit!r}): must be an int >= 1")
+        self.write_buffer_limit = write_buffer_limit
         self.read_timeout = _seconds("Dialer(read_timeout)", read_timeout)
         self.write_timeout = _seconds("Dialer(write_timeout)", write_timeout)
         self.idle_timeout = _seconds("Dialer(idle_timeout)", idle_timeout)
@@ -230,7 +237,7 @@ class Dialer:
         family = _FAMILY.get(network, socket.AF_UNIX)
         conn: Connection = await _core.dial(network, target, family, timeout,
                                             self.read_timeout, self.write_timeout,
-                                            self.idle_timeout)
+                                            self.idle_timeout, self.write_buffer_limit or 0)
         return conn
 
 

@@ -1,0 +1,178 @@
+# netpoll._core — configuration and the pollers of each asyncio loop.
+#
+# Invariants
+# - configure() validates every argument before applying any: a call that
+#   raises changes nothing (pollers it created for the change are closed again).
+# - Each running asyncio loop has one _PollerSet, made on first use; a closed
+#   loop's set is purged (its epoll fds closed) the next time a set is made
+#   or configure() runs.
+# - Shrinking poller_num retires the extra pollers: they take no new
+#   connections, serve the ones they have, and close their epoll fd once the
+#   last one is gone (so toggling poller_num leaks no fd).
+
+cdef int MAX_POLLERS = 1024
+
+cdef _Config config = _Config()
+config.poller_num = 1
+config.buffer_size = 8192
+config.load_balance = "round_robin"
+config.logger = logger
+config.spin = 4
+
+cdef dict _pollers = {}      # loop -> _PollerSet; closed loops are purged
+
+
+cdef int _env_spin() except -1:
+    raw = os.environ.get("NETPOLL_SPIN")
+    if raw is None:
+        return 4
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ValueError(f"NETPOLL_SPIN={raw!r}: must be an int 1..64") from None
+    if not 1 <= v <= 64:
+        raise ValueError(f"NETPOLL_SPIN={raw!r}: must be an int 1..64")
+    return v
+
+
+cdef object _int_arg(str name, object v, Py_ssize_t lo, Py_ssize_t hi):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"configure({name}={v!r}): must be an int, not {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ValueError(f"configure({name}={v!r}): must be an int in {lo}..{hi}")
+    return v
+
+
+@cython.binding(True)
+def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None,
+              link_buffer_cap=None):
+    """Set process-wide options; None leaves a setting as it is.
+
+    poller_num: pollers per event loop (each one epoll fd on that loop), 1..1024;
+    buffer_size: the first book size for connection input (bytes);
+    load_balance: "round_robin" or "random", how connections spread over pollers;
+    logger: a logging.Logger for netpoll's messages;
+    link_buffer_cap: the minimum capacity of a LinkBuffer node (Go's LinkBufferCap).
+
+    All arguments are checked before any is applied: a call that raises
+    changes nothing.
+    """
+    from netpoll import _buffer
+    if poller_num is not None:
+        _int_arg("poller_num", poller_num, 1, MAX_POLLERS)
+    if buffer_size is not None:
+        _int_arg("buffer_size", buffer_size, 1, 1 << 40)
+    if load_balance is not None and load_balance not in ("round_robin", "random"):
+        raise ValueError(
+            f"configure(load_balance={load_balance!r}): expected 'round_robin' or 'random'")
+    if logger is not None and not isinstance(logger, logging.Logger):
+        raise TypeError(
+            f"configure(logger=...): expected a logging.Logger, not {type(logger).__name__}")
+    if link_buffer_cap is not None:
+        _int_arg("link_buffer_cap", link_buffer_cap, 1, BOOK_MAX)
+    spin = _env_spin()
+    if poller_num is not None:
+        _purge_closed_loops()
+        sets = list(_pollers.values())
+        done = []
+        try:
+            for ps in sets:
+                done.append((ps, len((<_PollerSet>ps).pollers)))
+                (<_PollerSet>ps).resize(poller_num)
+        except BaseException:
+            for ps, n in done:
+                (<_PollerSet>ps).resize(n)
+            raise
+        config.poller_num = poller_num
+    if buffer_size is not None:
+        config.buffer_size = min(buffer_size, BOOK_MAX)
+    if load_balance is not None:
+        config.load_balance = load_balance
+    if logger is not None:
+        config.logger = logger
+    if link_buffer_cap is not None:
+        _buffer._set_link_buffer_cap(link_buffer_cap)
+    config.spin = spin
+
+
+@cython.binding(True)
+def get_config():
+    """The current settings as a dict ("backend" names the poller backend in use)."""
+    from netpoll import _buffer
+    return {"poller_num": config.poller_num, "buffer_size": config.buffer_size,
+            "load_balance": config.load_balance, "logger": config.logger,
+            "link_buffer_cap": _buffer._get_link_buffer_cap(), "backend": "epoll"}
+
+
+cdef class _PollerSet:
+
+    def __cinit__(self, loop):
+        self.loop = loop
+        self.pollers = []
+        self.rr = 0
+
+    cdef Poller pick(self):
+        cdef Py_ssize_t n = len(self.pollers)
+        if n == 0:
+            self.resize(config.poller_num)
+            n = len(self.pollers)
+        if n == 1:
+            return self.pollers[0]
+        if config.load_balance == "random":
+            return self.pollers[random.randrange(n)]
+        self.rr += 1
+        return self.pollers[self.rr % n]
+
+    cdef int resize(self, int n) except -1:
+        cdef Poller p
+        made = []
+        try:
+            while len(self.pollers) + len(made) < n:
+                made.append(Poller(self.loop))
+        except BaseException:
+            for p in made:
+                p.close()
+            raise
+        self.pollers.extend(made)
+        if len(self.pollers) > n:
+            extra = self.pollers[n:]
+            del self.pollers[n:]
+            for p in extra:
+                p.retire()
+        return 0
+
+
+cdef int run_all_pending(object loop) except -1:
+    ps = _pollers.get(loop)
+    if ps is not None:
+        for p in list((<_PollerSet>ps).pollers):
+            (<Poller>p).run_pending()
+    return 0
+
+
+cdef Poller pick_poller(object loop):
+    ps = _pollers.get(loop)
+    if ps is None:
+        _purge_closed_loops()
+        ps = _PollerSet(loop)
+        _pollers[loop] = ps
+    return (<_PollerSet>ps).pick()
+
+
+@cython.binding(True)
+def _forget_closed_loops():
+    """Release the pollers (and any connections left on them) of closed loops."""
+    _purge_closed_loops()
+
+
+cdef int _purge_closed_loops() except -1:
+    """Forget the pollers of closed loops and close their epoll fds."""
+    for loop in [lp for lp in _pollers if lp.is_closed()]:
+        ps = <_PollerSet>_pollers.pop(loop)
+        for p in ps.pollers:
+            (<Poller>p).close()
+        ps.pollers = []
+    return 0
+
+
+config.spin = _env_spin()

@@ -1,0 +1,297 @@
+# netpoll._core — the handler driver: a Task-like object per connection.
+#
+# Each connection that runs a handler owns one Handler (made on the first
+# start, so an idle connection carries none). It drives the user's
+# on_connect/on_request coroutines with PyIter_Send, entering the
+# connection's contextvars Context and registering itself as the loop's
+# current task for each step, so asyncio.current_task(), asyncio.timeout(),
+# cancellation and contextvars behave as in a Task. The first step runs at
+# once ("eager start"): a handler that finds its data buffered runs to
+# completion without a loop round trip and without a Task. A plain-function
+# handler is simply called: no coroutine, no current-task swap.
+#
+# Invariants
+# - The Handler never writes Connection state: it calls Connection.connected()
+#   when on_connect is over and Connection.handler_done() when a chain ends.
+# - Calls of one connection never overlap; on_request is called again only if
+#   the last call consumed something or new data arrived (no busy loop).
+# - release() (from finish_close) drops the cycles handler <-> connection and
+#   handler -> bound method -> handler.
+
+cdef object CancelledError = asyncio.CancelledError
+# Loop callbacks that resume a handler run in this empty Context: the step
+# itself enters the connection's Context (entering it twice is an error).
+cdef object _bare_context = contextvars.Context()
+cdef dict _current_tasks = None
+cdef object _swap_current_task = None
+try:
+    from _asyncio import _swap_current_task as _sct   # CPython >= 3.12
+    _swap_current_task = _sct
+except ImportError:
+    try:
+        from _asyncio import _current_tasks as _ct    # CPython 3.11
+    except ImportError:                               # pure-Python asyncio
+        from asyncio.tasks import _current_tasks as _ct
+    _current_tasks = _ct
+
+
+cdef class Handler:
+    """The Task-like driver of one connection's callbacks.
+
+    ``asyncio.current_task()`` returns it inside ``on_connect``/``on_request``;
+    it supports what asyncio asks of a current task: ``cancel``,
+    ``cancelling``, ``uncancel``, ``done``, ``get_coro``, ``get_loop``,
+    ``get_name``, ``get_context``.
+    """
+
+    def __cinit__(self, Connection conn, loop):
+        self.conn = conn
+        self.loop = loop
+        self.coro = None
+        self.phase = PH_IDLE
+        self.waiting = None
+        self.wakeup = self._wakeup
+
+    # asyncio's view of a task
+    def get_loop(self):
+        return self.loop
+
+    def get_coro(self):
+        return self.coro
+
+    def get_name(self):
+        return f"netpoll-handler-fd{self.conn.fd if self.conn is not None else -1}"
+
+    def get_context(self):
+        return self.conn.context if self.conn is not None else None
+
+    def done(self):
+        return self.coro is None
+
+    def cancelled(self):
+        return False
+
+    def cancelling(self):
+        return self.num_cancels
+
+    def uncancel(self):
+        if self.num_cancels > 0:
+            self.num_cancels -= 1
+        return self.num_cancels
+
+    def cancel(self, msg=None):
+        if self.coro is None:
+            return False
+        self.num_cancels += 1
+        if self.waiting is not None and self.waiting.cancel(msg=msg):
+            return True
+        self.must_cancel = True
+        self.cancel_msg = msg
+        return True
+
+    def __repr__(self):
+        return f"<netpoll Handler fd={self.conn.fd if self.conn is not None else -1} " \
+               f"phase={self.phase}>"
+
+    # driving
+
+    cdef bint suspended(self) noexcept:
+        return self.coro is not None
+
+    cdef int release(self) except -1:
+        # The connection is finished: break handler -> bound method -> handler
+        # and handler <-> connection, so buffers go without the cyclic GC.
+        self.wakeup = None
+        self.conn = None
+        self.coro = None
+        self.waiting = None
+        return 0
+
+    cdef int run(self) except -1:
+        """Call on_connect / on_request until nothing is left to do or one suspends."""
+        cdef int st
+        while True:
+            if self.coro is None:
+                if not self.next_call():
+                    return 0
+                if self.coro is None:
+                    continue
+            st = self.step(None)
+            if st:
+                return 0       # suspended
+
+    cdef bint next_call(self) except -1:
+        """Start the next callback. False when processing is over."""
+        cdef Connection c = self.conn
+        if c.connect_state == CS_NEW:
+            if c.on_connect is not None and c.closed_by == OPEN:
+                self.phase = PH_CONNECT
+                try:
+                    res = c.on_connect(c.ctx, c)
+                except BaseException as exc:
+                    self.on_error(exc)
+                    return True
+                if PyCoro_CheckExact(res) or hasattr(res, "__await__"):
+                    self.set_coro(res)
+                else:
+                    c.connected(res)
+                return True
+            c.connected(c.ctx)
+        if self.phase == PH_REQUEST:
+            # called again only if the last call consumed something, or data came
+            if c.inbuf.gen == self.consumed_mark and c.rx_total == self.rx_mark:
+                self.finish()
+                return False
+        if (c.closed_by == BY_USER or c.on_request is None or c.inbuf.length == 0
+                or c.detached):
+            self.finish()
+            return False
+        self.phase = PH_REQUEST
+        self.consumed_mark = c.inbuf.gen
+        self.rx_mark = c.rx_total
+        try:
+            res = c.on_request(c.ctx, c)
+        except BaseException as exc:
+            self.on_error(exc)
+            return True
+        if PyCoro_CheckExact(res) or (res is not None and hasattr(res, "__await__")):
+            self.set_coro(res)
+        return True
+
+    cdef int set_coro(self, res) except -1:
+        if PyCoro_CheckExact(res):
+            self.coro = res
+        else:
+            self.coro = res.__await__()
+        return 0
+
+    cdef int step(self, exc) except -1:
+        """One step of the coroutine. Returns 1 if it suspended, 0 if it finished."""
+        cdef PyObject* out = NULL
+        cdef int st
+        cdef object prev = None
+        cdef Connection c = self.conn
+        coro = self.coro
+        if self.must_cancel:
+            self.must_cancel = False
+            if not isinstance(exc, CancelledError):
+                exc = CancelledError(self.cancel_msg) if self.cancel_msg is not None \
+                    else CancelledError()
+        # become the loop's current task for this step
+        if _swap_current_task is not None:
+            prev = _swap_current_task(self.loop, self)
+        else:
+            # from a loop callback no task is current and the dict is empty:
+            # skip the lookup of a task to restore
+            if PyDict_GET_SIZE(_current_tasks):
+                prev = _current_tasks.get(self.loop)
+            PyDict_SetItem(_current_tasks, self.loop, self)
+        try:
+            PyContext_Enter(c.context)
+            if exc is None:
+                st = PyIter_Send(coro, None, &out)
+                result = <object>out
+                Py_DECREF(result)
+            else:
+                try:
+                    result = coro.throw(exc)
+                    st = 1
+                except StopIteration as si:
+                    result = si.value
+                    st = 0
+        except BaseException as err:
+            try:
+                PyContext_Exit(c.context)
+            except RuntimeError:
+                pass      # the enter itself failed
+            self.restore_task(prev)
+            self.coro = None
+            self.on_error(err)
+            return 0
+        PyContext_Exit(c.context)
+        self.restore_task(prev)
+        if st == 1:                 # PYGEN_NEXT: it yielded
+            self.on_yield(result)
+            return 1
+        self.coro = None
+        if self.phase == PH_CONNECT:
+            c.connected(result)
+        return 0
+
+    cdef inline void restore_task(self, prev) noexcept:
+        try:
+            if _swap_current_task is not None:
+                _swap_current_task(self.loop, prev)
+            elif prev is None:
+                PyDict_DelItem(_current_tasks, self.loop)
+            else:
+                _current_tasks[self.loop] = prev
+        except Exception:
+            pass
+
+    cdef int on_yield(self, result) except -1:
+        blocking = getattr(result, "_asyncio_future_blocking", None)
+        if blocking is not None:
+            if blocking:
+                result._asyncio_future_blocking = False
+                result.add_done_callback(self.wakeup, context=_bare_context)
+                self.waiting = result
+                if self.must_cancel:
+                    if result.cancel(msg=self.cancel_msg):
+                        self.must_cancel = False
+                return 0
+            err = RuntimeError(f"yield was used instead of yield from in handler: {result!r}")
+        elif result is None:
+            self.loop.call_soon(self._resume, None, context=_bare_context)
+            return 0
+        else:
+            err = RuntimeError(f"handler got bad yield: {result!r}")
+        self.loop.call_soon(self._resume, err, context=_bare_context)
+        return 0
+
+    def _wakeup(self, fut):
+        self.waiting = None
+        try:
+            fut.result()
+        except BaseException as exc:
+            self._resume(exc)
+        else:
+            self._resume(None)
+
+    def _resume(self, exc):
+        cdef Connection c = self.conn
+        if self.coro is None or c is None:
+            return
+        if self.step(exc) == 0:
+            self.run()
+        c.poller.run_pending()
+
+    cdef int on_error(self, exc) except -1:
+        cdef Connection c = self.conn
+        self.coro = None
+        if isinstance(exc, CancelledError):
+            config.logger.debug("netpoll: handler cancelled; closing fd %d", c.fd)
+        elif isinstance(exc, ConnectionClosedError) and (c.closed_by or c.peer_eof):
+            config.logger.debug("netpoll: handler ended with the connection (fd %d): %s",
+                                c.fd, exc)
+        elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            c.close()
+            raise exc
+        else:
+            config.logger.error(
+                "netpoll: %s raised; closing the connection (fd %d)",
+                "on_connect" if self.phase == PH_CONNECT else "on_request",
+                c.fd, exc_info=exc)
+        if self.phase == PH_CONNECT:
+            c.connected(c.ctx)
+        c.close()
+        return 0
+
+    cdef int finish(self) except -1:
+        self.phase = PH_IDLE
+        self.num_cancels = 0
+        self.must_cancel = False
+        self.conn.handler_done()
+        return 0
+
+

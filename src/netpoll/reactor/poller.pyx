@@ -1,0 +1,236 @@
+# netpoll._core — the poller: one epoll fd on the running asyncio loop.
+#
+# The I/O pass
+# ------------
+# The poller registers its epoll fd with the asyncio loop (add_reader). When
+# it turns readable, _on_ready runs the *I/O pass*: epoll_wait(timeout=0),
+# then for every ready fd the connection's on_event, which does recv/send in
+# C and fills the poller's queues:
+#
+#     ready   connections whose handler should start (new input, on_connect)
+#     hups    connections whose peer finished sending
+#     closes  connections closed during the pass (e.g. a graceful close once
+#             the output drained): the user-code half of their close waits here
+#
+# After the walk, run_pending empties the queues; that is where user code
+# runs: plain and async handlers, on_disconnect, close callbacks. Then the
+# pass may poll again (config.spin rounds) to serve requests that arrived
+# while handlers ran, without another trip through the loop.
+#
+# Why no user code may run inside the walk: data.ptr is borrowed
+# ----------------------------------------------------------------
+# epoll hands back the epoll_event.data.ptr we stored at EPOLL_CTL_ADD: a
+# *borrowed* pointer to the Connection. The kernel keeps no reference, and a
+# batch returned by epoll_wait may hold events for several connections. The
+# pointer is valid only while the Connection object is alive, and what keeps
+# it alive is the poller's `conns` set, which holds a strong reference to
+# every registered connection until finish_close drops it.
+#
+# So the walk must never run anything that could reach finish_close, or
+# otherwise drop the last reference to a connection whose event is still
+# later in the same batch: close callbacks, on_disconnect and handlers are
+# user code that may close *other* connections, drop them from a dict, or
+# trigger the cyclic GC. (Before this rule, a close callback run from
+# on_writable in the middle of a batch closed and freed another connection;
+# the walk then did Py_INCREF on its stale pointer: a heap-use-after-free
+# under ASan, silent memory corruption without it.)
+#
+# The rule, enforced here and in Connection:
+#   1. `in_batch` is True for the whole walk.
+#   2. Inside the walk, on_event only does I/O, sets flags and appends to the
+#      queues (which hold strong references). Futures are resolved with
+#      set_result/set_exception, whose callbacks asyncio schedules for later.
+#   3. Connection.close_by, when in_batch, does the I/O half of the close at
+#      once (epoll removal, shutdown(2), waking waiters) and queues the
+#      user-code half (after_close) on `closes`.
+#   4. Between two epoll_wait rounds the queues are run, and the next round
+#      gets fresh pointers from the kernel; a connection removed from epoll
+#      (EPOLL_CTL_DEL on close) can no longer appear.
+# The debug build checks, for every event, that its connection is still in
+# `conns` (the strong reference that makes the pointer valid).
+
+cdef class Poller:
+
+    def __cinit__(self, loop):
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise oserror(errno, "epoll_create1")
+        self.nevents = 128
+        self.events = <epoll_event*>c_malloc(sizeof(epoll_event) * self.nevents)
+        if self.events == NULL:
+            close(self.epfd)
+            self.epfd = -1
+            raise MemoryError()
+        self.loop = loop
+        self.conns = set()
+        self.ready = []
+        self.hups = []
+        self.closes = []
+        self.live_ptrs = set()
+        self.timers = TimerHeap(self, loop)
+        self.spin = config.spin
+        loop.add_reader(self.epfd, self._on_ready)
+
+    def __dealloc__(self):
+        if self.events != NULL:
+            free(self.events)
+        if self.epfd >= 0:
+            close(self.epfd)
+
+    cdef int close(self) except -1:
+        """Close the epoll fd and every connection still on it, without callbacks.
+
+        Used when the loop is closed (there is no loop to run callbacks on) and
+        when a retired poller's last connection is gone (then it has none).
+        """
+        cdef Connection c
+        if self.epfd >= 0:
+            if not self.loop.is_closed():
+                try:
+                    self.loop.remove_reader(self.epfd)
+                except Exception:
+                    pass
+            close(self.epfd)
+            self.epfd = -1
+        self.timers.clear()
+        conns, self.conns = self.conns, set()
+        self.live_ptrs = set()
+        self.ready = []
+        self.hups = []
+        self.closes = []
+        for c in conns:
+            c.abandon()
+        return 0
+
+    cdef int retire(self) except -1:
+        """Take no new connections; close once the last one is gone."""
+        self.retired = True
+        if not self.conns:
+            self.close()
+        return 0
+
+    cdef int add(self, Connection c) except -1:
+        cdef epoll_event ev
+        memset(&ev, 0, sizeof(ev))
+        ev.events = READ_EVENTS
+        ev.data.ptr = <void*>c
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, c.fd, &ev) < 0:
+            raise oserror(errno, "epoll_ctl(ADD)")
+        c.events = READ_EVENTS
+        c.registered = True
+        self.conns.add(c)
+        if NETPOLL_DEBUG:
+            self.live_ptrs.add(<Py_ssize_t><void*>c)
+        return 0
+
+    cdef int modify(self, Connection c, unsigned int events) except -1:
+        # events == 0 takes the fd out of the epoll set (a paused or half-closed
+        # socket would otherwise report EPOLLHUP on every wait)
+        cdef epoll_event ev
+        cdef int op
+        memset(&ev, 0, sizeof(ev))
+        ev.events = events
+        ev.data.ptr = <void*>c
+        if events == 0:
+            op = EPOLL_CTL_DEL
+        elif c.events == 0:
+            op = EPOLL_CTL_ADD
+        else:
+            op = EPOLL_CTL_MOD
+        if epoll_ctl(self.epfd, op, c.fd, &ev) < 0:
+            raise oserror(errno, "epoll_ctl")
+        c.events = events
+        return 0
+
+    cdef void remove(self, Connection c) noexcept:
+        cdef epoll_event ev
+        if c.registered:
+            c.registered = False
+            if c.events and self.epfd >= 0:
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, c.fd, &ev)
+            c.events = 0
+
+    cdef int forget(self, Connection c) except -1:
+        """c is finished: drop the strong reference (never inside the walk)."""
+        self.conns.discard(c)
+        if NETPOLL_DEBUG:
+            self.live_ptrs.discard(<Py_ssize_t><void*>c)
+        if self.retired and not self.conns:
+            self.close()
+        return 0
+
+    cdef int kick(self) except -1:
+        if not self.kicked:
+            self.kicked = True
+            self.loop.call_soon(self._kicked)
+        return 0
+
+    def _kicked(self):
+        self.kicked = False
+        self.run_pending()
+
+    def _on_ready(self):
+        # Like Go's poller, poll again without blocking after a non-empty
+        # batch: requests that arrived while handlers ran are served in this
+        # callback instead of costing another trip through the asyncio loop.
+        cdef int n, i, rounds = 0
+        cdef Connection c
+        while rounds < self.spin and self.epfd >= 0:
+            n = epoll_wait(self.epfd, self.events, self.nevents, 0)
+            if n <= 0:
+                return
+            rounds += 1
+            self.in_batch = True
+            try:
+                for i in range(n):
+                    if NETPOLL_DEBUG:
+                        _check_alive(self, self.events[i].data.ptr)
+                    c = <Connection>self.events[i].data.ptr
+                    c.on_event(self.events[i].events)
+            finally:
+                self.in_batch = False
+            if n == self.nevents and self.nevents < 65536:
+                self.grow()
+            self.run_pending()
+
+    cdef int grow(self) except -1:
+        cdef epoll_event* bigger = <epoll_event*>c_malloc(
+            sizeof(epoll_event) * self.nevents * 2)
+        if bigger != NULL:
+            free(self.events)
+            self.events = bigger
+            self.nevents *= 2
+        return 0
+
+    cdef int run_pending(self) except -1:
+        cdef Connection c
+        cdef list ready, hups, closes
+        if self.in_batch:
+            return 0          # never user code inside the walk; the pass runs them after
+        while self.ready or self.hups or self.closes:
+            closes = self.closes
+            if closes:
+                self.closes = []
+                for c in closes:
+                    c.close_queued = False
+                    c.after_close()
+            ready = self.ready
+            if ready:
+                self.ready = []
+                for c in ready:
+                    c.queued = False
+                    c.start_handler()
+            hups = self.hups
+            if hups:
+                self.hups = []
+                for c in hups:
+                    c.on_peer_closed()
+        return 0
+
+
+cdef int _check_alive(Poller p, void* ptr) except -1:
+    # Debug build: the event's connection must still be held by the poller
+    # (checked by address, without touching the object).
+    if <Py_ssize_t>ptr not in p.live_ptrs:
+        raise AssertionError("netpoll: epoll event for a connection the poller no longer holds")
+    return 0
