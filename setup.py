@@ -2,7 +2,7 @@
 
 Environment switches (compile time):
   NETPOLL_DEBUG=1     invariant checks and live-object counters (chunks, nodes,
-                      connections, operators); tests assert they return to zero.
+                      connections); tests assert they return to zero.
   NETPOLL_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer
                       (run with LD_PRELOAD of libasan, see docs/development.md).
 """

@@ -3,7 +3,7 @@
 * ``run``: runs a coroutine to completion on a fresh event loop, once on stock
   asyncio and once on uvloop (when installed), under a hard deadline.
 * In the debug build (NETPOLL_DEBUG=1) every test must leave no live chunk,
-  node, connection or operator behind.
+  node or connection behind.
 """
 
 from __future__ import annotations

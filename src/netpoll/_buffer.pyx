@@ -70,10 +70,12 @@ NETPOLL_DEBUG_BUILD = bool(NETPOLL_DEBUG)
 cdef enum:
     NCLASS = 24                  # 1 B .. 8 MiB
     MALLOC_MAX = 1 << 23         # 8 MiB: larger blocks bypass the pool
-    NODE_MIN = 4096              # smallest node a write allocates (LinkBufferCap)
+    NODE_MIN_DEFAULT = 4096      # smallest node a write allocates (Go's LinkBufferCap)
     INPLACE_THRESHOLD = 4096     # bytes this large are linked, not copied
     TAIL_MAX = 8192              # flush seals a tail larger than this
     POOL_BYTES_PER_CLASS = 1 << 20     # cache at most 1 MiB of free blocks per class
+
+cdef Py_ssize_t NODE_MIN = NODE_MIN_DEFAULT   # configure(link_buffer_cap=...)
 
 cdef void* pool_head[NCLASS]
 cdef Py_ssize_t pool_count[NCLASS]
@@ -255,6 +257,20 @@ cpdef dict _debug_counts():
     return {"chunks": live_chunks, "nodes": live_nodes}
 
 
+@cython.binding(True)
+def _set_link_buffer_cap(n):
+    """Set the smallest node capacity a write allocates (netpoll.configure checks n)."""
+    global NODE_MIN
+    NODE_MIN = n
+
+
+@cython.binding(True)
+def _get_link_buffer_cap():
+    """The smallest node capacity a write allocates."""
+    return NODE_MIN
+
+
+@cython.binding(True)
 def _pool_stats():
     """Cached free blocks per size class (for tests and tuning)."""
     return {1 << i: pool_count[i] for i in range(NCLASS) if pool_count[i]}

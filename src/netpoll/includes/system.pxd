@@ -68,6 +68,12 @@ cdef extern from "<sys/socket.h>" nogil:
         SOL_SOCKET
         SO_ERROR
         SO_KEEPALIVE
+        SO_TYPE
+        SO_DOMAIN
+        SOCK_STREAM
+        AF_UNIX
+        AF_INET
+        AF_INET6
         SHUT_RDWR
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     ssize_t send(int fd, const void* buf, size_t n, int flags)

@@ -1,0 +1,326 @@
+# cython: language_level=3
+#
+# netpoll._core — the reactor's header: every class, field and cdef signature.
+#
+# The implementation is split by concern under src/netpoll/reactor/ and joined
+# into this one extension by the include lines of _core.pyx (as uvloop does):
+#
+#   reactor/config.pyx      configure()/get_config(), poller sets per asyncio loop
+#   reactor/timers.pyx      timer records and the per-poller timer heap
+#   reactor/poller.pyx      the epoll I/O pass and its queues (data.ptr lifetime essay)
+#   reactor/handler.pyx     the Task-like driver of async handlers
+#   reactor/connection.pyx  Connection: its state table, input/output paths, reader/writer
+#   reactor/server.pyx      EventLoop: accept, backoff, graceful shutdown
+#   reactor/dialer.pyx      non-blocking connect, new_fd_connection
+#
+# Error specs: `except -1` on int returns that can raise, `except NULL` on
+# pointers, `noexcept` where nothing can fail. A method without a spec
+# returns an object (NULL on error).
+
+cimport cython
+from netpoll._buffer cimport LinkBuffer
+from netpoll.includes.system cimport epoll_event
+
+
+cdef enum CloseBy:
+    OPEN = 0           # not closed
+    BY_USER = 1        # close()/detach(), idle timeout, shutdown
+    BY_PEER = 2        # the poller saw the peer go (EOF, hang-up, error)
+
+cdef enum ConnectState:
+    CS_NEW = 0         # on_connect has not finished
+    CS_CONNECTED = 1   # on_request may run; on_disconnect may fire once
+    CS_DISCONNECTED = 2
+
+cdef enum:
+    MAX_IOV = 64
+    BOOK_MAX = 1 << 23          # 8 MiB: the book size stops doubling here
+    ACCEPT_BATCH = 64
+
+cdef enum TimerKind:
+    T_READ = 1
+    T_WRITE = 2
+    T_IDLE = 3
+
+cdef enum Phase:
+    PH_IDLE = 0
+    PH_CONNECT = 1
+    PH_REQUEST = 2
+
+cdef enum Op:
+    OP_NEXT = 1
+    OP_PEEK = 2
+    OP_SKIP = 3
+    OP_READ_BINARY = 4
+    OP_READ_STRING = 5
+    OP_READ_BYTE = 6
+    OP_SLICE = 7
+    OP_UNTIL = 8
+    OP_READ = 9
+
+
+cdef class Poller
+cdef class Connection
+cdef class EventLoop
+
+
+# -- config.pyx ---------------------------------------------------------------------
+
+@cython.final
+cdef class _Config:
+    cdef public int poller_num
+    cdef public Py_ssize_t buffer_size
+    cdef public str load_balance
+    cdef public object logger
+    cdef public int spin            # epoll_wait rounds per loop callback (NETPOLL_SPIN)
+
+
+@cython.final
+cdef class _PollerSet:
+    """The pollers of one asyncio loop."""
+    cdef list pollers
+    cdef object loop
+    cdef Py_ssize_t rr
+
+    cdef Poller pick(self)
+    # The poller for a new connection (round robin or random).
+    cdef int resize(self, int n) except -1
+    # Grow to n pollers, or stop new connections from picking the extra ones.
+
+
+# -- timers.pyx ---------------------------------------------------------------------
+
+@cython.final
+cdef class _Timer:
+    """A heap entry's target. Cancelling clears it, so a stale entry pins nothing."""
+    cdef Connection conn
+    cdef int kind
+    cdef object token
+
+    cdef void cancel(self) noexcept
+
+
+@cython.final
+cdef class TimerHeap:
+    """Read/write/idle deadlines of one poller's connections; one loop timer for all."""
+    cdef Poller poller
+    cdef object loop
+    cdef list heap              # (when, seq, _Timer)
+    cdef object handle          # the loop timer for the earliest entry, or None
+    cdef double when
+    cdef long seq
+    cdef Py_ssize_t stale       # cancelled entries still in the heap
+
+    cdef _Timer push(self, double when, Connection c, int kind, object token)
+    # Schedule c.on_timer(kind, token) at `when` (monotonic seconds).
+    cdef int cancel(self, _Timer t) except -1
+    # Cancel (None and already-fired timers are ignored).
+    cdef int arm(self, double when) except -1
+    cdef int clear(self) except -1
+    # Drop every entry and the loop timer (the loop is closing).
+
+
+# -- poller.pyx ---------------------------------------------------------------------
+
+@cython.final
+cdef class Poller:
+    """One epoll fd registered on an asyncio loop; does the I/O of its connections."""
+    cdef int epfd
+    cdef object loop
+    cdef epoll_event* events
+    cdef int nevents
+    cdef set conns              # strong references to every registered connection
+    cdef list ready             # handler starts, run after the I/O pass
+    cdef list hups              # peer closes seen during the pass
+    cdef list closes            # closes begun during the pass; their user code runs after it
+    cdef TimerHeap timers
+    cdef bint in_batch          # inside the epoll walk: no user code may run
+    cdef bint kicked
+    cdef bint retired           # poller_num shrank: no new connections; closes when empty
+    cdef int spin
+    cdef set live_ptrs          # debug build: addresses of the registered connections
+    cdef object __weakref__
+
+    cdef int close(self) except -1
+    # The loop is closed: close the epoll fd and abandon every connection.
+    cdef int add(self, Connection c) except -1
+    cdef int modify(self, Connection c, unsigned int events) except -1
+    # events == 0 takes the fd out of the epoll set.
+    cdef void remove(self, Connection c) noexcept
+    cdef int retire(self) except -1
+    cdef int forget(self, Connection c) except -1
+    # c is finished: drop the poller's strong reference (never inside the walk).
+    cdef int kick(self) except -1
+    # Run the queues soon, from a loop callback (never inside the pass).
+    cdef int grow(self) except -1
+    cdef int run_pending(self) except -1
+    # Run the queues: handler starts, peer closes, deferred closes (user code).
+
+
+# -- handler.pyx --------------------------------------------------------------------
+
+@cython.final
+cdef class Handler:
+    """The Task-like driver of one connection's async callbacks."""
+    cdef Connection conn
+    cdef object loop
+    cdef object coro
+    cdef int phase
+    cdef object waiting           # the future the coroutine waits on
+    cdef bint must_cancel
+    cdef object cancel_msg
+    cdef int num_cancels
+    cdef Py_ssize_t consumed_mark
+    cdef Py_ssize_t rx_mark
+    cdef object wakeup            # bound method, made once
+    cdef object __weakref__
+
+    cdef int run(self) except -1
+    # Call on_connect / on_request until nothing is left or one suspends.
+    cdef bint next_call(self) except -1
+    # Start the next callback; False when processing is over.
+    cdef int set_coro(self, object res) except -1
+    cdef int step(self, object exc) except -1
+    # One step of the coroutine: 1 suspended, 0 finished.
+    cdef void restore_task(self, object prev) noexcept
+    cdef int on_yield(self, object result) except -1
+    cdef int on_error(self, object exc) except -1
+    cdef int finish(self) except -1
+    cdef bint suspended(self) noexcept
+    # A coroutine is in progress (waiting on something).
+    cdef int release(self) except -1
+    # The connection is finished: drop the references that form cycles.
+
+
+# -- connection.pyx -----------------------------------------------------------------
+
+@cython.final
+cdef class Connection:
+    cdef readonly int fd
+    cdef Poller poller
+    cdef object loop
+    cdef LinkBuffer inbuf
+    cdef LinkBuffer outbuf
+    cdef Handler handler          # made on the first handler start (idle connections have none)
+    cdef object context
+    cdef public object ctx
+    cdef object on_request
+    cdef object on_connect
+    cdef object on_disconnect
+    cdef list close_callbacks
+    cdef EventLoop server
+    cdef str network
+
+    # the state table (connection.pyx): written by Connection methods only
+    cdef int closed_by            # CloseBy
+    cdef int connect_state        # ConnectState
+    cdef bint processing          # a handler chain is in progress
+    cdef bint peer_eof            # the peer finished sending
+    cdef bint draining            # server shutdown: no new input is taken in
+    cdef bint close_when_done     # server shutdown: close once output drained and idle
+    cdef bint finished            # close callbacks ran; fd closed (or handed back)
+    cdef bint detached
+    # poller bookkeeping
+    cdef bint registered
+    cdef bint writing             # EPOLLOUT armed
+    cdef bint paused              # read backpressure: EPOLLIN off
+    cdef bint wpaused             # write backpressure: EPOLLIN off while output is above the limit
+    cdef bint queued              # on the poller's ready list
+    cdef bint close_queued        # on the poller's closes list
+    cdef unsigned int events
+
+    cdef object read_waiter
+    cdef Py_ssize_t read_need
+    cdef object flush_waiter
+    cdef _Timer read_timer
+    cdef _Timer write_timer
+    cdef _Timer idle_timer
+
+    cdef double read_timeout
+    cdef double write_timeout
+    cdef double idle_timeout
+    cdef double last_active
+    cdef Py_ssize_t read_limit
+    cdef Py_ssize_t write_limit
+    cdef Py_ssize_t book_size
+    cdef Py_ssize_t max_size
+    cdef Py_ssize_t rx_total      # bytes received
+
+    cdef object _local_addr
+    cdef object _remote_addr
+    cdef object __weakref__
+
+    cdef int setup(self, int fd, object loop, str network, EventLoop server) except -1
+    # Open a fresh Connection on fd (not yet registered with a poller).
+    # poller side (inside the pass: I/O and queueing only)
+    cdef int on_event(self, unsigned int ev) except -1
+    cdef int do_read(self, unsigned int ev, bint drain=*) except -1
+    cdef int on_data(self) except -1
+    cdef int mark_eof(self, object exc) except -1
+    cdef int wake_reader(self) except -1
+    cdef int update_events(self) except -1
+    cdef int on_writable(self) except -1
+    cdef int send_out(self) except? -2
+    # Write queued output: 0 all sent, 1 the socket is full, -errno on error.
+    cdef int check_write_limit(self) except -1
+    cdef int on_timer(self, int kind, object token) except -1
+    # state transitions
+    cdef int on_peer_closed(self) except -1
+    cdef int start_handler(self) except -1
+    cdef int connected(self, object ctx) except -1
+    # on_connect finished (ctx is its result): CS_NEW -> CS_CONNECTED.
+    cdef int handler_done(self) except -1
+    # A handler chain ended: processing -> False, then whatever that allows.
+    cdef int fire_disconnect(self) except -1
+    cdef int close_by(self, int who) except -1
+    cdef int after_close(self) except -1
+    # The user-code half of a close: on_disconnect, then finish_close if no handler runs.
+    cdef int begin_drain(self) except -1
+    # Server shutdown: take no new input; close once idle and drained.
+    cdef int force_close(self) except -1
+    # Shutdown's force phase: cancel the handler, close, finish now.
+    cdef int finish_close(self) except -1
+    cdef int abandon(self) except -1
+    cdef int cancel_timers(self) except -1
+    cdef bint output_drained(self) noexcept
+    cdef bint is_idle(self) noexcept
+    cdef int _after_read(self, Py_ssize_t n) except -1
+    cdef object _op(self, int op, Py_ssize_t n, object arg)
+    cdef int _writable(self, str op) except -1
+    cdef int _addrs(self) except -1
+
+
+# -- server.pyx ---------------------------------------------------------------------
+
+@cython.final
+cdef class EventLoop:
+    cdef object on_request
+    cdef object on_prepare
+    cdef object on_connect
+    cdef object on_disconnect
+    cdef double read_timeout
+    cdef double write_timeout
+    cdef double idle_timeout
+    cdef Py_ssize_t read_limit
+    cdef Py_ssize_t write_limit
+    cdef object loop
+    cdef object listener
+    cdef int lfd
+    cdef str network
+    cdef set conns
+    cdef object stopped          # future: serve() returns when it is done
+    cdef object drained          # future: the last connection went away
+    cdef object watch_handle     # periodic check that the listener is still open
+    cdef bint shutting_down
+    cdef bint accepting
+    cdef int backoff_step
+    cdef object backoff_handle
+    cdef double last_emfile_log
+
+    cdef int stop_accepting(self) except -1
+    cdef bint listener_closed(self) noexcept
+    cdef int accept_backoff(self, int err) except -1
+    cdef int new_connection(self, int fd) except -1
+    cdef int forget(self, Connection c) except -1
+    cdef int listener_gone(self) except -1
+    # The application closed the listener: stop accepting, let serve() return.

@@ -1,0 +1,311 @@
+# netpoll._core — EventLoop, the server: accept, backoff, graceful shutdown.
+#
+# Invariants
+# - The server only calls Connection methods (connected, begin_drain,
+#   force_close, close); it never writes a connection's state.
+# - The listener's fd is polled with loop.add_reader while accepting; it is
+#   removed before the listener closes (Listener close hook) so no stale
+#   reader outlives the fd; a plain socket.socket is watched every 0.5 s.
+# - Accept runs in batches of ACCEPT_BATCH; EMFILE/ENFILE/ENOBUFS/ENOMEM stop
+#   accepting with backoff (Go Netpoll #230/#311), logged at most once a minute.
+# - shutdown(timeout): stop accepting; take in what the kernel already
+#   received; every connection begins draining (closes once idle, with its
+#   output sent); after `timeout` the rest are force-closed and TimeoutError
+#   is raised. serve() returns None when shutdown is over. A server serves
+#   once: serve() after shutdown() raises RuntimeError.
+
+cdef class EventLoop:
+    """The server: accepts connections and runs the callbacks for each.
+
+    ``EventLoop(on_request, on_prepare=None, on_connect=None,
+    on_disconnect=None, read_timeout=None, write_timeout=None,
+    idle_timeout=None, read_buffer_limit=None)``; ``await serve(listener)``
+    serves until ``await shutdown(timeout)``.
+    """
+
+    def __init__(self, on_request, on_prepare=None, on_connect=None, on_disconnect=None,
+                 read_timeout=None, write_timeout=None, idle_timeout=None,
+                 read_buffer_limit=None, write_buffer_limit=None):
+        _check_callback("EventLoop", "on_request", on_request, 2)
+        _check_callback("EventLoop", "on_prepare", on_prepare, 1)
+        _check_callback("EventLoop", "on_connect", on_connect, 2)
+        _check_callback("EventLoop", "on_disconnect", on_disconnect, 2)
+        self.on_request = on_request
+        self.on_prepare = on_prepare
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.read_timeout = _seconds("EventLoop(read_timeout)", read_timeout)
+        self.write_timeout = _seconds("EventLoop(write_timeout)", write_timeout)
+        self.idle_timeout = _seconds("EventLoop(idle_timeout)", idle_timeout)
+        if read_buffer_limit is not None and (not isinstance(read_buffer_limit, int)
+                                              or isinstance(read_buffer_limit, bool)
+                                              or read_buffer_limit < 1):
+            raise ValueError(
+                f"EventLoop(read_buffer_limit={read_buffer_limit!r}): must be an int >= 1")
+        self.read_limit = read_buffer_limit or 0
+        if write_buffer_limit is not None and (not isinstance(write_buffer_limit, int)
+                                               or isinstance(write_buffer_limit, bool)
+                                               or write_buffer_limit < 1):
+            raise ValueError(
+                f"EventLoop(write_buffer_limit={write_buffer_limit!r}): must be an int >= 1")
+        self.write_limit = write_buffer_limit or 0
+        self.conns = set()
+        self.lfd = -1
+
+    @property
+    def connections(self):
+        """The number of open connections."""
+        return len(self.conns)
+
+    async def serve(self, listener):
+        """Serve connections from `listener` until shutdown(); returns None after it.
+
+        `listener` is a netpoll Listener or a bound, listening socket.socket
+        (converted as convert_listener does). Closing the listener from the
+        application also ends serve() (connections already accepted stay).
+        A server serves once: serve() after shutdown() raises RuntimeError.
+        """
+        if self.shutting_down:
+            raise RuntimeError("EventLoop.serve: this server was shut down; make a new EventLoop")
+        if self.stopped is not None:
+            raise RuntimeError("EventLoop.serve: already serving")
+        if isinstance(listener, socket.socket):
+            from netpoll.net import convert_listener
+            listener = convert_listener(listener)
+        if not hasattr(listener, "fileno") or not hasattr(listener, "network"):
+            raise TypeError(f"EventLoop.serve: expected a netpoll Listener or a listening "
+                            f"socket.socket, not {type(listener).__name__}")
+        lfd = listener.fileno()
+        if lfd < 0:
+            raise ValueError("EventLoop.serve: the listener is closed")
+        self.loop = asyncio.get_running_loop()
+        self.listener = listener
+        self.lfd = lfd
+        self.network = listener.network
+        self.stopped = self.loop.create_future()
+        self.accepting = True
+        self.loop.add_reader(self.lfd, self._on_accept)
+        hook = getattr(listener, "_add_close_callback", None)
+        if hook is not None:
+            hook(self._listener_closing)
+        else:
+            self.watch_handle = self.loop.call_later(0.5, self._watch_listener)
+        try:
+            await asyncio.shield(self.stopped)
+        except asyncio.CancelledError:
+            try:
+                await self.shutdown(0)
+            except TimeoutError:
+                pass
+            raise
+        finally:
+            unhook = getattr(listener, "_remove_close_callback", None)
+            if unhook is not None:
+                unhook(self._listener_closing)
+            if self.watch_handle is not None:
+                self.watch_handle.cancel()
+                self.watch_handle = None
+        return None
+
+    def _listener_closing(self, *args):
+        # called by Listener.close() before the fd is closed
+        self.listener_gone()
+
+    def _watch_listener(self):
+        # a plain socket.socket has no close hook: notice its close within 0.5 s
+        self.watch_handle = None
+        if self.listener_closed():
+            self.listener_gone()
+        elif not self.shutting_down and self.stopped is not None and not self.stopped.done():
+            self.watch_handle = self.loop.call_later(0.5, self._watch_listener)
+
+    cdef int listener_gone(self) except -1:
+        self.stop_accepting()
+        if self.backoff_handle is not None:
+            self.backoff_handle.cancel()
+            self.backoff_handle = None
+        if not self.shutting_down and self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)
+        return 0
+
+    cdef int stop_accepting(self) except -1:
+        if self.accepting:
+            self.accepting = False
+            try:
+                self.loop.remove_reader(self.lfd)
+            except Exception:
+                pass
+        return 0
+
+    def _on_accept(self):
+        cdef int fd, i, err
+        cdef Connection c
+        for i in range(ACCEPT_BATCH):
+            if not self.accepting:
+                return
+            fd = accept4(self.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                err = errno
+                if err == EAGAIN:
+                    break
+                if err == EINTR or err == ECONNABORTED:
+                    continue
+                if err in (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+                    self.accept_backoff(err)
+                    return
+                if err == EBADF or self.listener_closed():
+                    self.listener_gone()
+                    return
+                config.logger.error("netpoll: accept failed: %s", os.strerror(err))
+                return
+            self.backoff_step = 0
+            try:
+                self.new_connection(fd)
+            except Exception as exc:
+                config.logger.error("netpoll: setting up accepted fd %d failed", fd,
+                                    exc_info=exc)
+        run_all_pending(self.loop)
+
+    cdef bint listener_closed(self) noexcept:
+        try:
+            return self.listener.fileno() < 0
+        except Exception:
+            return True
+
+    cdef int accept_backoff(self, int err) except -1:
+        # Out of fds: stop polling the listener and retry later, with backoff,
+        # logging at most once a minute (Go Netpoll #230 / #311).
+        delays = (0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
+        delay = delays[min(self.backoff_step, len(delays) - 1)]
+        self.backoff_step += 1
+        now = monotonic()
+        if now - self.last_emfile_log > 60:
+            self.last_emfile_log = now
+            config.logger.warning("netpoll: accept: %s; retrying with backoff",
+                                  os.strerror(err))
+        self.stop_accepting()
+        self.backoff_handle = self.loop.call_later(delay, self._resume_accept)
+        return 0
+
+    def _resume_accept(self):
+        self.backoff_handle = None
+        if self.shutting_down or self.accepting or self.listener_closed():
+            return
+        self.accepting = True
+        self.loop.add_reader(self.lfd, self._on_accept)
+
+    cdef int new_connection(self, int fd) except -1:
+        cdef Connection c
+        if self.shutting_down:
+            close(fd)
+            return 0
+        c = make_connection(fd, self.loop, self.network, self)
+        c.on_request = self.on_request
+        c.on_connect = self.on_connect
+        c.on_disconnect = self.on_disconnect
+        c.read_timeout = self.read_timeout
+        c.write_timeout = self.write_timeout
+        c.read_limit = self.read_limit
+        c.write_limit = self.write_limit
+        self.conns.add(c)
+        if self.idle_timeout > 0:
+            c.set_idle_timeout(self.idle_timeout)
+        if self.on_prepare is not None:
+            try:
+                c.ctx = self.on_prepare(c)
+            except Exception as exc:
+                config.logger.error("netpoll: on_prepare raised; closing fd %d", fd,
+                                    exc_info=exc)
+                c.close()
+                return 0
+            if c.closed_by:
+                return 0      # on_prepare closed it: never registered
+        c.poller.add(c)
+        if c.on_connect is not None:     # EventLoop's, or set by on_prepare
+            c.queued = True
+            c.poller.ready.append(c)
+        else:
+            c.connected(c.ctx)
+        return 0
+
+    cdef int forget(self, Connection c) except -1:
+        self.conns.discard(c)
+        if self.shutting_down and not self.conns and self.drained is not None \
+                and not self.drained.done():
+            self.drained.set_result(None)
+        return 0
+
+    async def shutdown(self, timeout=None):
+        """Stop accepting, close idle connections, let running handlers finish.
+
+        After `timeout` seconds (None: no limit) the rest are closed by force
+        and TimeoutError is raised. serve() returns once this is over.
+        """
+        cdef Connection c
+        if timeout is not None:
+            timeout = _seconds("shutdown(timeout)", timeout)
+        if self.loop is None:
+            # never served: a later serve() raises instead of serving
+            self.shutting_down = True
+            return None
+        first = not self.shutting_down
+        self.shutting_down = True
+        self.stop_accepting()
+        if self.backoff_handle is not None:
+            self.backoff_handle.cancel()
+            self.backoff_handle = None
+        if first:
+            try:
+                self.listener.close()
+            except Exception:
+                pass
+        if self.drained is None:
+            self.drained = self.loop.create_future()
+        # Take in what the kernel already received, so those requests are answered.
+        for c in list(self.conns):
+            if c.closed_by == OPEN and not c.peer_eof and not c.paused and c.registered:
+                c.do_read(EPOLLIN, True)
+        run_all_pending(self.loop)
+        for c in list(self.conns):
+            c.begin_drain()
+        if not self.conns and not self.drained.done():
+            self.drained.set_result(None)
+        try:
+            if timeout is None:
+                await asyncio.shield(self.drained)
+            else:
+                await asyncio.wait_for(asyncio.shield(self.drained), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            left = len(self.conns)
+            for c in list(self.conns):
+                c.force_close()
+            raise TimeoutError(
+                f"shutdown: {left} connections still busy after {timeout:g}s; closed by force")
+        finally:
+            if self.stopped is not None and not self.stopped.done():
+                self.stopped.set_result(None)
+        return None
+
+
+
+
+cdef int _check_callback(str where, str name, object cb, int nargs) except -1:
+    """A callback must be callable with nargs positional arguments (checked where
+    Python can tell), and on_request must not be an async generator."""
+    if cb is None:
+        return 0
+    if not callable(cb):
+        raise TypeError(f"{where}: {name} must be callable, not {type(cb).__name__}")
+    if inspect.isasyncgenfunction(cb) or inspect.isgeneratorfunction(cb):
+        raise TypeError(f"{where}: {name} must be a plain or async function, "
+                        f"not a generator function ({cb!r})")
+    try:
+        sig = inspect.signature(cb)
+    except (TypeError, ValueError):
+        return 0          # builtins and C callables: cannot tell
+    try:
+        sig.bind(*([None] * nargs))
+    except TypeError:
+        want = "(ctx, conn)" if nargs == 2 else "(conn)"
+        raise TypeError(f"{where}: {name}{sig} cannot be called as {name}{want}") from None
+    return 0
