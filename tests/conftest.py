@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -78,6 +80,29 @@ def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
     finally:
         loop.close()
         asyncio.set_event_loop(None)
+
+
+def fd_count() -> int:
+    """Open sockets of this process (the pollers' epoll fds live as long as their loop)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return n
+
+
+def all_fd_count() -> int:
+    """Every open fd of this process (sockets, epoll fds, files)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    """Resident set size of a process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
 
 
 async def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> None:

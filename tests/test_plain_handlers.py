@@ -277,3 +277,26 @@ def test_read_string_codec_reentrancy() -> None:
     big.write_binary(b"x" * 10 + b"\xff")
     big.flush()
     assert big.read_string(11, "utf-8", "replace") == "x" * 10 + "\ufffd"
+
+
+@pytest.mark.parametrize("kind", ["echo", "rpc"])
+def test_builtin_plain_servers(run: Any, kind: str) -> None:
+    from netpoll.servers import PLAIN_HANDLERS
+
+    async def main() -> None:
+        el, ln, task = await start(PLAIN_HANDLERS[kind], write_buffer_limit=1 << 20)
+        r, w = await asyncio.open_connection(*ln.addr)
+        payloads = [b"a" * n for n in (0, 1, 64, 5000, 100_000)]
+        if kind == "rpc":
+            msg = b"".join(struct.pack(">I", len(p)) + p for p in payloads)
+        else:
+            msg = b"".join(payloads)
+        for i in range(0, len(msg), 7001):          # arrives in pieces
+            w.write(msg[i:i + 7001])
+            await w.drain()
+        assert await r.readexactly(len(msg)) == msg
+        w.close()
+        await w.wait_closed()
+        await stop(el, task)
+
+    run(main())

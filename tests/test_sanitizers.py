@@ -33,6 +33,8 @@ SUBSET = [
     "tests/test_connection.py",
     "tests/test_eventloop.py",
     "tests/test_faults.py",
+    "tests/test_reactor_safety.py",
+    "tests/test_plain_handlers.py",
     "tests/test_fuzz.py::test_linkbuffer_fuzz_random",
     "tests/test_fuzz.py::test_parser_fuzz_random",
 ]

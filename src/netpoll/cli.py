@@ -13,6 +13,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=9000, help="TCP port (default 9000; 0 = any)")
     p.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead of TCP")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio")
+    p.add_argument("--handler", choices=["async", "sync"], default="async",
+                   help="handler style: async (coroutines) or sync (plain functions on "
+                        "conn.input, run inside the poller's pass); default async")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from netpoll.servers import run_server
 
     kind = "echo" if args.command == "echo" else "rpc"
-    return run_server(kind, args.host, args.port, use_uvloop=args.uvloop, unix=args.unix)
+    return run_server(kind, args.host, args.port, use_uvloop=args.uvloop, unix=args.unix,
+                      handler=args.handler)
 
 
 if __name__ == "__main__":

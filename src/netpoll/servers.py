@@ -18,9 +18,15 @@ from typing import Any
 import netpoll
 from netpoll._core import Connection
 
-__all__ = ["echo_on_request", "rpc_on_request", "run_server"]
+__all__ = [
+    "echo_on_request",
+    "echo_plain",
+    "rpc_on_request",
+    "rpc_plain",
+    "run_server",
+]
 
-Handler = Callable[[Any, Connection], Awaitable[None]]
+Handler = Callable[[Any, Connection], Awaitable[None] | None]
 _HDR = struct.Struct(">I")
 _unpack_from, _pack = _HDR.unpack_from, _HDR.pack      # bound once, not per call
 
@@ -57,17 +63,55 @@ async def rpc_on_request(ctx: Any, conn: Connection) -> None:
         await conn.flush()
 
 
+def echo_plain(ctx: Any, conn: Connection) -> None:
+    """Plain-function echo: the input nodes move to the output without copying, and
+    flush_nowait() sends; it runs inside the poller's pass, no coroutine."""
+    buf = conn.input
+    conn.write_buffer(buf.slice(len(buf)))
+    conn.flush_nowait()
+
+
+def rpc_plain(ctx: Any, conn: Connection) -> None:
+    """Plain-function RPC: the same framing as rpc_on_request, read synchronously."""
+    buf = conn.input
+    avail = len(buf)
+    if avail < 4:
+        return
+    data = buf.peek(avail)
+    write = conn.write_binary
+    pos = 0
+    while avail - pos >= 4:
+        (n,) = _unpack_from(data, pos)
+        end = pos + 4 + n
+        if end > avail:
+            break                       # called again when the rest arrives
+        write(_pack(n))
+        write(data[pos + 4:end])
+        pos = end
+    if pos:
+        buf.skip(pos)
+        conn.flush_nowait()
+
+
 HANDLERS: dict[str, Handler] = {"echo": echo_on_request, "rpc": rpc_on_request}
+PLAIN_HANDLERS: dict[str, Handler] = {"echo": echo_plain, "rpc": rpc_plain}
 
 
 async def serve_forever(kind: str, host: str, port: int, unix: str | None = None,
-                        ready: Callable[[str], None] | None = None) -> None:
-    """Serve `kind` ("echo" or "rpc") until SIGINT/SIGTERM, then shut down gracefully."""
+                        ready: Callable[[str], None] | None = None,
+                        handler: str = "async") -> None:
+    """Serve `kind` ("echo" or "rpc") until SIGINT/SIGTERM, then shut down gracefully.
+
+    handler: "async" (coroutine handlers) or "sync" (plain functions on conn.input).
+    """
     if unix:
         ln = netpoll.create_listener("unix", unix)
     else:
         ln = netpoll.create_listener("tcp", (host, port))
-    server = netpoll.EventLoop(HANDLERS[kind])
+    table = PLAIN_HANDLERS if handler == "sync" else HANDLERS
+    # a plain handler never waits: bound its output against peers that do not read
+    server = netpoll.EventLoop(table[kind],
+                               write_buffer_limit=(4 << 20) if handler == "sync" else None)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -87,7 +131,7 @@ async def serve_forever(kind: str, host: str, port: int, unix: str | None = None
 
 
 def run_server(kind: str, host: str, port: int, *, use_uvloop: bool = False,
-               unix: str | None = None) -> int:
+               unix: str | None = None, handler: str = "async") -> int:
     """Run a server in this process until a signal; returns an exit code."""
     loop_name = "asyncio"
     if use_uvloop:
@@ -103,8 +147,9 @@ def run_server(kind: str, host: str, port: int, *, use_uvloop: bool = False,
         runner = asyncio.run
 
     def ready(where: str) -> None:
-        print(f"netpoll {kind} server on {where} ({loop_name} loop)", file=sys.stderr)
+        print(f"netpoll {kind} server on {where} ({loop_name} loop, {handler} handler)",
+              file=sys.stderr)
         print("ready", flush=True)
 
-    runner(serve_forever(kind, host, port, unix, ready))
+    runner(serve_forever(kind, host, port, unix, ready, handler))
     return 0
