@@ -207,6 +207,7 @@ cdef class Connection:
     cdef object on_request
     cdef object on_connect
     cdef object on_disconnect
+    cdef object runner            # None (inline), "task" or a callable (EventLoop runner=)
     cdef list close_callbacks
     cdef EventLoop server
     cdef str network
@@ -240,6 +241,12 @@ cdef class Connection:
     cdef double write_timeout
     cdef double idle_timeout
     cdef double last_active
+    cdef bint has_rdeadline       # absolute deadlines replace the timeouts while set
+    cdef bint has_wdeadline
+    cdef double rdeadline
+    cdef double wdeadline
+    cdef double read_wait_start
+    cdef double write_wait_start
     cdef Py_ssize_t read_limit
     cdef Py_ssize_t write_limit
     cdef Py_ssize_t book_size
@@ -282,6 +289,13 @@ cdef class Connection:
     cdef int finish_close(self) except -1
     cdef int abandon(self) except -1
     cdef int cancel_timers(self) except -1
+    cdef double read_due(self) noexcept
+    # When the current read wait expires (deadline, else start + timeout; 0: never).
+    cdef double write_due(self) noexcept
+    cdef str read_expired_msg(self)
+    cdef str write_expired_msg(self)
+    cdef int rearm_read(self) except -1
+    cdef int rearm_write(self) except -1
     cdef bint output_drained(self) noexcept
     cdef bint is_idle(self) noexcept
     cdef int _after_read(self, Py_ssize_t n) except -1
@@ -303,6 +317,7 @@ cdef class EventLoop:
     cdef double idle_timeout
     cdef Py_ssize_t read_limit
     cdef Py_ssize_t write_limit
+    cdef object runner
     cdef object loop
     cdef object listener
     cdef int lfd

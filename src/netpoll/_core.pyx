@@ -37,6 +37,7 @@ from netpoll.includes.system cimport *
 import asyncio
 import contextvars
 import errno as _errno
+import functools
 import heapq
 import inspect
 import logging

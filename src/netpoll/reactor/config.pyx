@@ -72,7 +72,7 @@ def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None,
         _int_arg("link_buffer_cap", link_buffer_cap, 1, BOOK_MAX)
     spin = _env_spin()
     if poller_num is not None:
-        _purge_closed_loops()
+        _forget_closed_loops()
         sets = list(_pollers.values())
         done = []
         try:
@@ -153,7 +153,7 @@ cdef int run_all_pending(object loop) except -1:
 cdef Poller pick_poller(object loop):
     ps = _pollers.get(loop)
     if ps is None:
-        _purge_closed_loops()
+        _forget_closed_loops()
         ps = _PollerSet(loop)
         _pollers[loop] = ps
     return (<_PollerSet>ps).pick()
@@ -161,18 +161,12 @@ cdef Poller pick_poller(object loop):
 
 @cython.binding(True)
 def _forget_closed_loops():
-    """Release the pollers (and any connections left on them) of closed loops."""
-    _purge_closed_loops()
-
-
-cdef int _purge_closed_loops() except -1:
-    """Forget the pollers of closed loops and close their epoll fds."""
+    """Release the pollers of closed loops: close their epoll fds and any connections."""
     for loop in [lp for lp in _pollers if lp.is_closed()]:
         ps = <_PollerSet>_pollers.pop(loop)
         for p in ps.pollers:
             (<Poller>p).close()
         ps.pollers = []
-    return 0
 
 
 config.spin = _env_spin()

@@ -279,21 +279,20 @@ cdef class Connection:
             if self.read_waiter is token and not token.done():
                 self.read_waiter = None
                 token.set_exception(ReadTimeoutError(
-                    f"read timed out after {self.read_timeout:g}s: "
+                    f"{self.read_expired_msg()}: "
                     f"{self.inbuf.length} bytes readable, {self.read_need} needed"))
         elif kind == T_WRITE and token is _NOWAIT:
             self.write_timer = None
             if self.writing and self.flush_waiter is None:
                 config.logger.debug(
-                    "netpoll: closing fd %d: write timed out after %gs with %d bytes unsent",
-                    self.fd, self.write_timeout, self.outbuf.length)
+                    "netpoll: closing fd %d: write %s with %d bytes unsent",
+                    self.fd, self.write_expired_msg(), self.outbuf.length)
                 self.close()
         elif kind == T_WRITE:
             if self.flush_waiter is token and not token.done():
                 self.flush_waiter = None
                 token.set_exception(WriteTimeoutError(
-                    f"flush timed out after {self.write_timeout:g}s: "
-                    f"{self.outbuf.length} bytes unsent"))
+                    f"flush {self.write_expired_msg()}: {self.outbuf.length} bytes unsent"))
         elif kind == T_IDLE and self.idle_timeout > 0 and token == self.idle_timeout:
             due = self.last_active + self.idle_timeout
             if due <= monotonic() + 0.001:
@@ -525,6 +524,77 @@ cdef class Connection:
             if self.closed_by == OPEN and self.poller is not None:
                 self.poller.timers.cancel(self.idle_timer)
                 self.idle_timer = self.poller.timers.push(self.last_active + s, self, T_IDLE, s)
+
+    # -- deadlines (Go v0.7.2): absolute, in loop.time() units; they replace the timeouts --
+
+    cdef double read_due(self) noexcept:
+        if self.has_rdeadline:
+            return self.rdeadline
+        if self.read_timeout > 0:
+            return self.read_wait_start + self.read_timeout
+        return 0
+
+    cdef double write_due(self) noexcept:
+        if self.has_wdeadline:
+            return self.wdeadline
+        if self.write_timeout > 0:
+            return self.write_wait_start + self.write_timeout
+        return 0
+
+    cdef str read_expired_msg(self):
+        if self.has_rdeadline:
+            return "read deadline passed"
+        return f"read timed out after {self.read_timeout:g}s"
+
+    cdef str write_expired_msg(self):
+        if self.has_wdeadline:
+            return "write deadline passed"
+        return f"timed out after {self.write_timeout:g}s"
+
+    cdef int rearm_read(self) except -1:
+        cdef double due
+        w = self.read_waiter
+        if w is None or self.closed_by:
+            return 0
+        self.poller.timers.cancel(self.read_timer)
+        self.read_timer = None
+        due = self.read_due()
+        if due > 0:
+            self.read_timer = self.poller.timers.push(due, self, T_READ, w)
+        return 0
+
+    cdef int rearm_write(self) except -1:
+        cdef double due
+        if self.closed_by or not self.writing:
+            return 0
+        token = self.flush_waiter if self.flush_waiter is not None else _NOWAIT
+        self.poller.timers.cancel(self.write_timer)
+        self.write_timer = None
+        due = self.write_due()
+        if due > 0:
+            self.write_timer = self.poller.timers.push(due, self, T_WRITE, token)
+        return 0
+
+    def set_read_deadline(self, t):
+        """Reads fail with ReadTimeoutError once loop.time() passes t (None clears).
+
+        While set, it replaces the read timeout; a deadline in the past fails the
+        next wait (and a wait in progress) at once.
+        """
+        self.has_rdeadline, self.rdeadline = _deadline("set_read_deadline", t)
+        self.rearm_read()
+
+    def set_write_deadline(self, t):
+        """Flushes that must wait fail with WriteTimeoutError once loop.time() passes t."""
+        self.has_wdeadline, self.wdeadline = _deadline("set_write_deadline", t)
+        self.rearm_write()
+
+    def set_deadline(self, t):
+        """Both the read and the write deadline (Go's SetDeadline); None clears both."""
+        self.has_rdeadline, self.rdeadline = _deadline("set_deadline", t)
+        self.has_wdeadline, self.wdeadline = self.has_rdeadline, self.rdeadline
+        self.rearm_read()
+        self.rearm_write()
 
     def set_read_buffer_limit(self, limit):
         """Stop reading the socket while this many unread bytes are buffered (None: off)."""
@@ -790,8 +860,7 @@ cdef class Connection:
         cdef double deadline = 0
         if self.read_waiter is not None:
             raise ConcurrentAccessError("a read is already waiting on this connection")
-        if self.read_timeout > 0:
-            deadline = monotonic() + self.read_timeout
+        self.read_wait_start = monotonic()
         while True:
             if op == OP_UNTIL:
                 i = self.inbuf.index_of(arg, len(arg), scanned)
@@ -827,11 +896,11 @@ cdef class Connection:
             if self.paused and need > self.inbuf.length:
                 self.paused = False        # a wait for more than the limit may read up to it
                 self.update_events()
+            deadline = self.read_due()
             if deadline > 0:
                 if monotonic() >= deadline:
                     self.read_waiter = None
-                    raise ReadTimeoutError(f"{_opname(op)}: read timed out after "
-                                           f"{self.read_timeout:g}s")
+                    raise ReadTimeoutError(f"{_opname(op)}: {self.read_expired_msg()}")
                 self.read_timer = self.poller.timers.push(deadline, self, T_READ, fut)
             try:
                 await fut
@@ -928,11 +997,17 @@ cdef class Connection:
         return self._wait_flush()
 
     async def _wait_flush(self):
+        cdef double due
         fut = self.loop.create_future()
         self.flush_waiter = fut
-        if self.write_timeout > 0:
-            self.write_timer = self.poller.timers.push(monotonic() + self.write_timeout, self,
-                                                      T_WRITE, fut)
+        self.write_wait_start = monotonic()
+        due = self.write_due()
+        if due > 0:
+            if due <= self.write_wait_start:
+                self.flush_waiter = None
+                raise WriteTimeoutError(f"flush {self.write_expired_msg()}: "
+                                        f"{self.outbuf.length} bytes unsent")
+            self.write_timer = self.poller.timers.push(due, self, T_WRITE, fut)
         try:
             await fut
         finally:
@@ -969,6 +1044,7 @@ cdef class Connection:
         the connection (logged at debug level).
         """
         cdef int r
+        cdef double due
         if self.closed_by:
             raise ConnectionClosedError("flush_nowait: connection closed")
         self.outbuf.c_flush()
@@ -986,9 +1062,11 @@ cdef class Connection:
             return None
         self.writing = True
         self.update_events()
-        if self.write_timeout > 0 and self.write_timer is None:
-            self.write_timer = self.poller.timers.push(monotonic() + self.write_timeout, self,
-                                                      T_WRITE, _NOWAIT)
+        if self.write_timer is None:
+            self.write_wait_start = monotonic()
+            due = self.write_due()
+            if due > 0:
+                self.write_timer = self.poller.timers.push(due, self, T_WRITE, _NOWAIT)
         self.check_write_limit()
         return None
 
@@ -1102,6 +1180,25 @@ cdef int _set_nonblocking(int fd) except -1:
 
 
 cdef double MAX_TIMEOUT = 10.0 * 365 * 86400     # ten years: "practically never"
+
+
+cdef tuple _deadline(str op, object t):
+    # (is set, monotonic seconds). loop.time() is CLOCK_MONOTONIC on asyncio and uvloop.
+    cdef double v
+    if t is None:
+        return (False, 0.0)
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
+        raise TypeError(f"{op}: a deadline is a loop.time() value or None, "
+                        f"not {type(t).__name__}")
+    try:
+        v = t
+    except OverflowError:
+        v = 1e300
+    if v != v:
+        raise ValueError(f"{op}({t}): deadline is NaN")
+    if v < 1e-9:
+        v = 1e-9                  # far in the past, still "set"
+    return (True, v)
 
 
 cdef Connection make_connection(int fd, object loop, str network, EventLoop server):

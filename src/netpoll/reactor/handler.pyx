@@ -127,7 +127,10 @@ cdef class Handler:
             if c.on_connect is not None and c.closed_by == OPEN:
                 self.phase = PH_CONNECT
                 try:
-                    res = c.on_connect(c.ctx, c)
+                    if c.runner is None:
+                        res = c.on_connect(c.ctx, c)
+                    else:
+                        res = _via_runner(c.runner, c.on_connect, c, self.loop)
                 except BaseException as exc:
                     self.on_error(exc)
                     return True
@@ -150,7 +153,10 @@ cdef class Handler:
         self.consumed_mark = c.inbuf.gen
         self.rx_mark = c.rx_total
         try:
-            res = c.on_request(c.ctx, c)
+            if c.runner is None:
+                res = c.on_request(c.ctx, c)
+            else:
+                res = _via_runner(c.runner, c.on_request, c, self.loop)
         except BaseException as exc:
             self.on_error(exc)
             return True
@@ -295,3 +301,66 @@ cdef class Handler:
         return 0
 
 
+
+
+# -- runners (Go's Config.Runner) ------------------------------------------------------
+#
+# A runner decides how a handler call runs; the Handler still waits for the call
+# to finish before the next one, so calls of one connection stay serial whatever
+# the runner does. "task": each call in a real asyncio.Task. A callable
+# runner(coro_or_fn, conn): for an async handler it gets the call's coroutine
+# (wrapped so its end is seen here) and must get it run on the loop; for a
+# plain handler it gets a zero-argument function to call.
+
+cdef object _via_runner(object runner, object cb, Connection c, object loop):
+    done = loop.create_future()
+    if runner == "task":
+        task = loop.create_task(_call_in_task(cb, c.ctx, c), context=c.context)
+        return _await_future(task)
+    if _is_async(cb):
+        runner(_tracked(cb(c.ctx, c), done), c)
+    else:
+        runner(functools.partial(_call_tracked, cb, c.ctx, c, done), c)
+    return _await_future(done)
+
+
+cdef bint _is_async(object cb):
+    return inspect.iscoroutinefunction(cb) or inspect.iscoroutinefunction(
+        getattr(cb, "__call__", None))
+
+
+async def _call_in_task(cb, ctx, conn):
+    res = cb(ctx, conn)
+    if inspect.isawaitable(res):
+        res = await res
+    return res
+
+
+async def _await_future(fut):
+    return await fut
+
+
+async def _tracked(coro, done):
+    try:
+        res = await coro
+    except BaseException as exc:
+        if not done.done():
+            done.set_exception(exc)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return None
+    if not done.done():
+        done.set_result(res)
+    return res
+
+
+def _call_tracked(cb, ctx, conn, done):
+    try:
+        res = cb(ctx, conn)
+    except BaseException as exc:
+        if not done.done():
+            done.set_exception(exc)
+        return None
+    if not done.done():
+        done.set_result(res)
+    return res

@@ -19,13 +19,17 @@ cdef class EventLoop:
 
     ``EventLoop(on_request, on_prepare=None, on_connect=None,
     on_disconnect=None, read_timeout=None, write_timeout=None,
-    idle_timeout=None, read_buffer_limit=None)``; ``await serve(listener)``
-    serves until ``await shutdown(timeout)``.
+    idle_timeout=None, read_buffer_limit=None, write_buffer_limit=None,
+    runner=None)``; ``await serve(listener)`` serves until ``await shutdown(timeout)``.
+
+    runner: how a handler call runs: None (inline, eager: the default), "task"
+    (each call in a real asyncio.Task), or a callable ``runner(coro_or_fn, conn)``
+    (Go's Config.Runner). Calls of one connection stay serial whatever the runner.
     """
 
     def __init__(self, on_request, on_prepare=None, on_connect=None, on_disconnect=None,
                  read_timeout=None, write_timeout=None, idle_timeout=None,
-                 read_buffer_limit=None, write_buffer_limit=None):
+                 read_buffer_limit=None, write_buffer_limit=None, runner=None):
         _check_callback("EventLoop", "on_request", on_request, 2)
         _check_callback("EventLoop", "on_prepare", on_prepare, 1)
         _check_callback("EventLoop", "on_connect", on_connect, 2)
@@ -49,6 +53,10 @@ cdef class EventLoop:
             raise ValueError(
                 f"EventLoop(write_buffer_limit={write_buffer_limit!r}): must be an int >= 1")
         self.write_limit = write_buffer_limit or 0
+        if runner is not None and runner != "task" and not callable(runner):
+            raise TypeError(f"EventLoop(runner={runner!r}): expected None, 'task' or a callable "
+                            "runner(coro_or_fn, conn)")
+        self.runner = runner
         self.conns = set()
         self.lfd = -1
 
@@ -207,6 +215,7 @@ cdef class EventLoop:
         c.write_timeout = self.write_timeout
         c.read_limit = self.read_limit
         c.write_limit = self.write_limit
+        c.runner = self.runner
         self.conns.add(c)
         if self.idle_timeout > 0:
             c.set_idle_timeout(self.idle_timeout)
