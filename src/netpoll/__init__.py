@@ -19,11 +19,21 @@ from netpoll.errors import (
     ReadTimeoutError,
     WriteTimeoutError,
 )
-from netpoll.net import Dialer, Listener, convert_listener, create_listener, dial_connection
+from netpoll.net import (
+    Address,
+    Dialer,
+    Listener,
+    TCPListener,
+    UnixListener,
+    convert_listener,
+    create_listener,
+    dial_connection,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Address",
     "ConcurrentAccessError",
     "Connection",
     "ConnectionClosedError",
@@ -36,6 +46,8 @@ __all__ = [
     "NetpollError",
     "NotEnoughDataError",
     "ReadTimeoutError",
+    "TCPListener",
+    "UnixListener",
     "WriteTimeoutError",
     "configure",
     "convert_listener",

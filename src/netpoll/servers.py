@@ -63,6 +63,7 @@ HANDLERS: dict[str, Handler] = {"echo": echo_on_request, "rpc": rpc_on_request}
 async def serve_forever(kind: str, host: str, port: int, unix: str | None = None,
                         ready: Callable[[str], None] | None = None) -> None:
     """Serve `kind` ("echo" or "rpc") until SIGINT/SIGTERM, then shut down gracefully."""
+    ln: netpoll.Listener
     if unix:
         ln = netpoll.create_listener("unix", unix)
     else:
