@@ -56,7 +56,7 @@ import bisect
 import inspect
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from typing_extensions import Buffer
 
@@ -78,6 +78,8 @@ __all__ = [
     "new_reader",
     "new_writer",
 ]
+
+_F = TypeVar("_F", bound=io.IOBase)
 
 _CHUNK = 64 * 1024          # bytes asked of a source per read when less is missing
 _STREAM_LIMIT = 2 ** 16     # asyncio's default StreamReader limit
@@ -897,11 +899,13 @@ def _is_awaitable_reader(r: object) -> bool:
 
 
 @overload
+def new_io_reader(r: _F, *, seekable: bool = ...) -> _F: ...
+@overload
 def new_io_reader(r: LinkBuffer | BufferReader, *, seekable: bool = ...) -> LinkBufferIO: ...
 @overload
 def new_io_reader(r: Reader | Connection, *, limit: int = ...) -> StreamAdapter: ...
 def new_io_reader(r: Any, *, seekable: bool = False,
-                  limit: int = _STREAM_LIMIT) -> LinkBufferIO | StreamAdapter | Any:
+                  limit: int = _STREAM_LIMIT) -> LinkBufferIO | StreamAdapter | io.IOBase:
     """A Python reading object over a netpoll Reader (Go's ``NewIOReader``).
 
     Over a LinkBuffer (or any synchronous Reader): a binary file-like
@@ -921,10 +925,12 @@ def new_io_reader(r: Any, *, seekable: bool = False,
 
 
 @overload
+def new_io_writer(w: _F) -> _F: ...
+@overload
 def new_io_writer(w: LinkBuffer | BufferWriter) -> LinkBufferIO: ...
 @overload
 def new_io_writer(w: Writer | Connection) -> StreamAdapter: ...
-def new_io_writer(w: Any) -> LinkBufferIO | StreamAdapter | Any:
+def new_io_writer(w: Any) -> LinkBufferIO | StreamAdapter | io.IOBase:
     """A Python writing object over a netpoll Writer (Go's ``NewIOWriter``).
 
     Over a LinkBuffer: a binary file-like whose ``write`` appends and
@@ -943,11 +949,13 @@ def new_io_writer(w: Any) -> LinkBufferIO | StreamAdapter | Any:
 
 
 @overload
+def new_io_read_writer(rw: _F, *, seekable: bool = ...) -> _F: ...
+@overload
 def new_io_read_writer(rw: LinkBuffer, *, seekable: bool = ...) -> LinkBufferIO: ...
 @overload
 def new_io_read_writer(rw: ReadWriter | Connection, *, limit: int = ...) -> StreamAdapter: ...
 def new_io_read_writer(rw: Any, *, seekable: bool = False,
-                       limit: int = _STREAM_LIMIT) -> LinkBufferIO | StreamAdapter | Any:
+                       limit: int = _STREAM_LIMIT) -> LinkBufferIO | StreamAdapter | io.IOBase:
     """Both of the above in one object (Go's ``NewIOReadWriter``).
 
     Over a LinkBuffer: a file-like that reads (consuming) what was flushed
