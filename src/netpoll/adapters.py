@@ -256,7 +256,12 @@ class SourceReader:
                 return buf.until(delim)
             except NotEnoughDataError:
                 pass
-            await self._fill("until", len(buf) + 1)
+            # one read per rescan, growing with the line (capped), so a long
+            # line costs O(n log n) scanning rather than O(n^2 / 4 KiB)
+            if self._eof or not await self._fill_once(min(max(len(buf), 4096), 1 << 20)):
+                self._eof = True
+                raise EndOfStreamError(
+                    f"until: the source ended after {len(buf)} bytes without the delimiter")
 
     async def read(self, n: int = 65536) -> bytes:
         """net.Conn-style: at least 1 byte, up to n (a copy); ``b""`` once the source ended."""
