@@ -718,3 +718,44 @@ def test_dial_huge_timeouts_mean_never(run: Any) -> None:
                     conn.close()
 
     run(main())
+
+
+# -- Connection.set_read_buffer_limit called directly (an untested extra of issue 12) ---
+
+
+def test_set_read_buffer_limit_directly(run: Any) -> None:
+    """A limit set on a live connection stops reading it; consuming resumes; None turns it off."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        conn = netpoll.new_fd_connection(a.detach())
+        try:
+            limit = 64 * 1024
+            conn.set_read_buffer_limit(limit)
+            total = 4 << 20
+            payload = os.urandom(total)
+            sender = asyncio.ensure_future(loop.sock_sendall(b, payload))
+            await asyncio.sleep(0.2)
+            # paused: unread input is at the limit plus at most one read (<= 8 MiB book)
+            assert limit <= len(conn) < total
+            assert not sender.done()            # the kernel buffers filled up behind it
+            buffered = len(conn)
+            await asyncio.sleep(0.05)
+            assert len(conn) == buffered       # nothing more read while paused
+            got = bytearray(await conn.reader.read_binary(buffered))
+            conn.set_read_buffer_limit(None)   # off: the rest flows
+            while len(got) < total:
+                got += await asyncio.wait_for(conn.read(1 << 20), 5)
+            assert bytes(got) == payload
+            await asyncio.wait_for(sender, 5)
+            for bad in (-1, 1.5, "8"):
+                with pytest.raises((TypeError, ValueError), match="set_read_buffer_limit"):
+                    conn.set_read_buffer_limit(bad)  # type: ignore[arg-type]
+            conn.set_read_buffer_limit(0)      # 0 = off as well
+        finally:
+            conn.close()
+            b.close()
+
+    run(main())
