@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import netpoll
+from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,6 +47,8 @@ def test_accept_tcp_roundtrip(run: Any) -> None:
                 client.add_close_callback(closed.append)
                 server.close()
                 assert await asyncio.wait_for(client.read(10), 5) == b""
+                client.close()
+                await wait_for(lambda: closed == [client])
             finally:
                 client.close()
                 server.close()

@@ -759,3 +759,19 @@ def test_set_read_buffer_limit_directly(run: Any) -> None:
             b.close()
 
     run(main())
+
+
+def test_dial_error_named_by_the_core_is_not_renamed(run: Any, monkeypatch: Any) -> None:
+    """If the core already names the address (maybe the resolved one), net.py keeps it."""
+
+    async def fake_dial(*args: Any) -> Any:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "dial tcp 127.0.0.1:1: connection refused")
+
+    monkeypatch.setattr(netpoll._core, "dial", fake_dial)
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError) as info:
+            await netpoll.dial_connection("tcp", "localhost:1", timeout=1)
+        assert info.value.strerror == "dial tcp 127.0.0.1:1: connection refused"
+
+    run(main())

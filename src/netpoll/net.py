@@ -123,9 +123,11 @@ def _host_port(host: str, port: int) -> str:
 
 def _named(exc: OSError, op: str) -> OSError | None:
     """`exc` again (same class, same errno) with a message naming `op`, or None
-    when its message names it already."""
+    when its message already names an operation ("dial tcp 127.0.0.1:1: ..."),
+    e.g. because the core named it (perhaps with the resolved address)."""
     reason = exc.strerror if exc.strerror else str(exc)
-    if reason.startswith(op):
+    verb = op.split(" ", 1)[0]
+    if reason.startswith(op) or reason.startswith(f"{verb} "):
         return None
     text = f"{op}: {reason[:1].lower()}{reason[1:]}"
     if exc.errno is None:
