@@ -176,7 +176,8 @@ def test_close_wakes_a_waiting_accept(run: Any) -> None:
     run(main())
 
 
-def test_close_callbacks_run_before_the_fd_closes(run: Any) -> None:
+def test_close_callbacks_run_before_the_fd_closes(run: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     """_add_close_callback: the hook EventLoop.serve uses; runs before close(fd), newest first."""
 
     async def main() -> None:
@@ -203,6 +204,7 @@ def test_close_callbacks_run_before_the_fd_closes(run: Any) -> None:
         ln.close()
         assert seen == [("second", fd), ("first", fd)]
         assert removed == []
+        assert "listener close callback raised" in caplog.text
         ln.close()                              # idempotent: nothing runs twice
         assert len(seen) == 2
         late: list[int] = []

@@ -482,12 +482,15 @@ class LinkBufferIO(io.BufferedIOBase):
     # -- io plumbing ---------------------------------------------------------
 
     def readable(self) -> bool:
+        """True unless made by new_io_writer."""
         return self._readable
 
     def writable(self) -> bool:
+        """True unless made by new_io_reader."""
         return self._writable
 
     def seekable(self) -> bool:
+        """True when made with ``seekable=True``."""
         return self._seekable
 
     def _check_readable(self) -> None:
@@ -546,6 +549,7 @@ class LinkBufferIO(io.BufferedIOBase):
         return b"".join(parts)
 
     def read1(self, size: int = -1) -> bytes:
+        """Same as read: everything readable is already in memory."""
         return self.read(size)
 
     def readinto(self, b: Buffer) -> int:
@@ -562,6 +566,7 @@ class LinkBufferIO(io.BufferedIOBase):
         return done
 
     def readinto1(self, b: Buffer) -> int:
+        """Same as readinto."""
         return self.readinto(b)
 
     def readline(self, size: int | None = -1) -> bytes:
@@ -661,6 +666,7 @@ class LinkBufferIO(io.BufferedIOBase):
         return n
 
     def flush(self) -> None:
+        """Nothing to do: every write is flushed into the LinkBuffer at once."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
 
@@ -803,6 +809,7 @@ class StreamAdapter:
         return len(self._conn) == 0 and (self._eof or not self._active())
 
     def __aiter__(self) -> AsyncIterator[bytes]:
+        """``async for line in stream``: lines until the end of stream."""
         return self
 
     async def __anext__(self) -> bytes:
@@ -837,6 +844,7 @@ class StreamAdapter:
         return False
 
     def write_eof(self) -> None:
+        """Not supported (see can_write_eof)."""
         raise NotImplementedError("write_eof: netpoll connections do not half-close")
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:

@@ -66,7 +66,15 @@ TCPNetwork = Literal["tcp", "tcp4", "tcp6"]
 # 31 years), so that no later conversion to a C integer or a timer can overflow
 _FOREVER = 1e9
 
-_log = logging.getLogger("netpoll")
+
+
+def _logger() -> logging.Logger:
+    """The logger set with ``netpoll.configure(logger=)``."""
+    try:
+        logger: logging.Logger = _core.get_config()["logger"]
+    except (AttributeError, KeyError):  # pragma: no cover - the core always has it
+        logger = logging.getLogger("netpoll")
+    return logger
 
 
 def _check_network(network: object, what: str) -> str:
@@ -286,7 +294,7 @@ class Listener:
         try:
             cb(self)
         except Exception as exc:
-            _log.error("netpoll: listener close callback raised", exc_info=exc)
+            _logger().error("netpoll: listener close callback raised", exc_info=exc)
 
     def close(self) -> None:
         """Stop listening (idempotent).
