@@ -243,11 +243,11 @@ class Listener:
         if self._reader_loop is not None and self._reader_loop is not loop:
             raise RuntimeError(f"accept {self.network} {self._where()}: "
                                "already waiting on another event loop")
-        fut: asyncio.Future[None] = loop.create_future()
-        self._accept_waiters.append(fut)
         if self._reader_loop is None:
             loop.add_reader(self._sock.fileno(), self._on_readable)
             self._reader_loop = loop
+        fut: asyncio.Future[None] = loop.create_future()
+        self._accept_waiters.append(fut)
         try:
             await fut
         finally:
