@@ -862,3 +862,33 @@ def test_cli_unix_path_in_use(tmp_path):
         ln.close()
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 1 and path in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_listener_addresses_type_check(tmp_path):
+    """`host, port = ln.addr` passes mypy --strict for TCP; a Unix addr is a str."""
+    pytest.importorskip("mypy")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    snippet = tmp_path / "typed_addr.py"
+    snippet.write_text(
+        "import netpoll\n"
+        "\n"
+        "def tcp() -> tuple[str, int]:\n"
+        "    ln = netpoll.create_listener('tcp', '127.0.0.1:0')\n"
+        "    host, port = ln.addr\n"
+        "    ln.close()\n"
+        "    return host, port + 1\n"
+        "\n"
+        "def unix(path: str) -> str:\n"
+        "    ln = netpoll.create_listener('unix', path)\n"
+        "    return ln.addr.upper()\n"
+        "\n"
+        "def either(network: str) -> netpoll.Listener:\n"
+        "    return netpoll.create_listener(network, '127.0.0.1:0')\n")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", str(snippet)],
+                          cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
