@@ -178,7 +178,7 @@ async def on_request(session: HttpSession, conn: netpoll.Connection) -> None:
 async def serve(host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
     ln = netpoll.create_listener("tcp", (host, port))
-    addr_host, addr_port = ln.addr  # type: ignore[misc]
+    addr_host, addr_port = ln.addr
     where = f"[{addr_host}]:{addr_port}" if ":" in addr_host else f"{addr_host}:{addr_port}"
     server = netpoll.EventLoop(on_request, on_prepare=on_prepare)
     loop = asyncio.get_running_loop()

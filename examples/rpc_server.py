@@ -64,12 +64,14 @@ async def on_request(ctx: Any, conn: netpoll.Connection) -> None:
 
 async def serve(host: str, port: int, unix: str | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+    ln: netpoll.Listener
     if unix:
         ln = netpoll.create_listener("unix", unix)
-        where = str(ln.addr)
+        where = ln.addr
     else:
-        ln = netpoll.create_listener("tcp", (host, port))
-        addr_host, addr_port = ln.addr  # type: ignore[misc]
+        tcp = netpoll.create_listener("tcp", (host, port))
+        addr_host, addr_port = tcp.addr
+        ln = tcp
         where = f"[{addr_host}]:{addr_port}" if ":" in addr_host else f"{addr_host}:{addr_port}"
     server = netpoll.EventLoop(on_request)
     loop = asyncio.get_running_loop()

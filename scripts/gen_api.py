@@ -6,7 +6,9 @@ import inspect
 from pathlib import Path
 
 import netpoll
+import netpoll.adapters
 import netpoll.mux
+import netpoll.protocols
 
 
 def signature(obj: object) -> str:
@@ -31,7 +33,9 @@ def main() -> None:
            "Generated from the docstrings by `scripts/gen_api.py`. The contract these follow is",
            "the project's API specification; see also [the handler model](handler-model.md).",
            ""]
-    for modname, mod in (("netpoll", netpoll), ("netpoll.mux", netpoll.mux)):
+    for modname, mod in (("netpoll", netpoll), ("netpoll.mux", netpoll.mux),
+                         ("netpoll.adapters", netpoll.adapters),
+                         ("netpoll.protocols", netpoll.protocols)):
         out += [f"## `{modname}`", ""]
         for name in mod.__all__:
             obj = getattr(mod, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -629,3 +630,148 @@ def test_many_concurrent_dials(run: Any) -> None:
                     c.close()
 
     run(main(), timeout=30)
+
+
+# -- errors that name the address (issue 12) -------------------------------------------
+
+
+@pytest.mark.parametrize(("network", "host"), TCP_NETWORKS)
+def test_dial_refused_names_the_address(run: Any, network: str, host: str) -> None:
+    """Still a ConnectionRefusedError with its errno, chained, the address in the message."""
+
+    async def main() -> None:
+        port = closed_port(host)
+        with pytest.raises(ConnectionRefusedError) as info:
+            await netpoll.dial_connection(network, (host, port), timeout=2)
+        assert info.value.errno == errno.ECONNREFUSED
+        assert info.value.strerror == f"dial {network} {fmt(host, port)}: connection refused"
+        assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+    run(main())
+
+
+def test_dial_unix_errors_name_the_path(run: Any, tmp_path: Path) -> None:
+    async def main() -> None:
+        missing = str(tmp_path / "missing.sock")
+        with pytest.raises(FileNotFoundError) as info:
+            await netpoll.dial_connection("unix", missing, timeout=1)
+        assert info.value.errno == errno.ENOENT
+        assert info.value.strerror == f"dial unix {missing}: no such file or directory"
+        bound = str(tmp_path / "bound.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(bound)
+            with pytest.raises(ConnectionRefusedError, match=f"dial unix {bound}: connection"):
+                await netpoll.dial_connection("unix", bound)
+
+    run(main())
+
+
+def test_dial_unresolvable_host_names_it(run: Any) -> None:
+    async def main() -> None:
+        before = open_fds()
+        with pytest.raises(socket.gaierror) as info:
+            await netpoll.dial_connection("tcp", "nosuchhost.invalid:80", timeout=5)
+        assert info.value.strerror.startswith("dial tcp nosuchhost.invalid:80: ")
+        assert isinstance(info.value.__cause__, socket.gaierror)
+        assert open_fds() == before
+
+    run(main())
+
+
+def test_dial_timeout_is_not_renamed(run: Any) -> None:
+    """DialTimeoutError (a TimeoutError, hence an OSError) keeps its own message and class."""
+
+    async def main() -> None:
+        with full_backlog("127.0.0.1") as port:
+            with pytest.raises(netpoll.DialTimeoutError) as info:
+                await netpoll.dial_connection("tcp", ("127.0.0.1", port), timeout=0.05)
+        assert type(info.value) is netpoll.DialTimeoutError
+        assert "timed out" in str(info.value) and info.value.__cause__ is None
+
+    run(main())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1, -0.5, float("-inf")])
+def test_dial_bad_timeouts_raise_value_error(run: Any, bad: float) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="timeout"):
+            await netpoll.dial_connection("tcp", "127.0.0.1:1", timeout=bad)
+
+    run(main())
+    for key in ("read_timeout", "write_timeout", "idle_timeout"):
+        with pytest.raises(ValueError, match=key):
+            netpoll.Dialer(**{key: bad})
+
+
+def test_dial_huge_timeouts_mean_never(run: Any) -> None:
+    """1e308 and inf are accepted everywhere a dialer takes seconds, and mean "never"."""
+
+    async def main() -> None:
+        async with serving("tcp", "127.0.0.1:0") as (ln, _):
+            for huge in (1e308, float("inf"), 2.0**63):
+                dialer = netpoll.Dialer(read_timeout=huge, write_timeout=huge, idle_timeout=huge)
+                conn = await dialer.dial_connection("tcp", ln.addr, timeout=huge)
+                try:
+                    await conn.write(b"big")
+                    assert bytes(await asyncio.wait_for(conn.reader.next(3), 5)) == b"big"
+                finally:
+                    conn.close()
+
+    run(main())
+
+
+# -- Connection.set_read_buffer_limit called directly (an untested extra of issue 12) ---
+
+
+def test_set_read_buffer_limit_directly(run: Any) -> None:
+    """A limit set on a live connection stops reading it; consuming resumes; None turns it off."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        conn = netpoll.new_fd_connection(a.detach())
+        try:
+            limit = 64 * 1024
+            conn.set_read_buffer_limit(limit)
+            total = 4 << 20
+            payload = os.urandom(total)
+            sender = asyncio.ensure_future(loop.sock_sendall(b, payload))
+            await asyncio.sleep(0.2)
+            # paused: unread input is at the limit plus at most one read (<= 8 MiB book)
+            assert limit <= len(conn) < total
+            assert not sender.done()            # the kernel buffers filled up behind it
+            buffered = len(conn)
+            await asyncio.sleep(0.05)
+            assert len(conn) == buffered       # nothing more read while paused
+            got = bytearray(await conn.reader.read_binary(buffered))
+            conn.set_read_buffer_limit(None)   # off: the rest flows
+            while len(got) < total:
+                got += await asyncio.wait_for(conn.read(1 << 20), 5)
+            assert bytes(got) == payload
+            await asyncio.wait_for(sender, 5)
+            for bad in (-1, 1.5, "8"):
+                with pytest.raises((TypeError, ValueError), match="set_read_buffer_limit"):
+                    conn.set_read_buffer_limit(bad)  # type: ignore[arg-type]
+            conn.set_read_buffer_limit(0)      # 0 = off as well
+        finally:
+            conn.close()
+            b.close()
+
+    run(main())
+
+
+def test_dial_error_named_by_the_core_is_not_renamed(run: Any, monkeypatch: Any) -> None:
+    """If the core already names the address (maybe the resolved one), net.py keeps it."""
+
+    async def fake_dial(*args: Any) -> Any:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "dial tcp 127.0.0.1:1: connection refused")
+
+    monkeypatch.setattr(netpoll._core, "dial", fake_dial)
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError) as info:
+            await netpoll.dial_connection("tcp", "localhost:1", timeout=1)
+        assert info.value.strerror == "dial tcp 127.0.0.1:1: connection refused"
+
+    run(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -608,3 +609,286 @@ def test_dial_tiny_timeout_and_close(run):
                 conn.close()
 
     run(main())
+
+
+# -- errors that name the address (issue 12) -------------------------------------------
+
+
+def test_listen_unresolvable_host_names_it(monkeypatch):
+    """A resolve failure stays a socket.gaierror, names the host, and chains the original."""
+
+    def fake_getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    with pytest.raises(socket.gaierror) as info:
+        netpoll.create_listener("tcp", "nosuchhost:80")
+    assert info.value.errno == socket.EAI_NONAME
+    assert info.value.strerror == "listen tcp nosuchhost:80: name or service not known"
+    assert isinstance(info.value.__cause__, socket.gaierror)
+
+
+def test_listen_unresolvable_host_real_resolver():
+    with pytest.raises(socket.gaierror, match=r"listen tcp nosuchhost\.invalid:80: "):
+        netpoll.create_listener("tcp", "nosuchhost.invalid:80")
+
+
+def test_listen_port_in_use_names_the_address():
+    ln = netpoll.create_listener("tcp", "127.0.0.1:0")
+    try:
+        host, port = ln.addr
+        with pytest.raises(OSError) as info:
+            netpoll.create_listener("tcp", f"{host}:{port}")
+        assert info.value.errno == errno.EADDRINUSE
+        assert type(info.value) is OSError
+        assert info.value.strerror == f"listen tcp 127.0.0.1:{port}: address already in use"
+        assert isinstance(info.value.__cause__, OSError)
+    finally:
+        ln.close()
+
+
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+def test_listen_port_in_use_ipv6_brackets():
+    ln = netpoll.create_listener("tcp6", "[::1]:0")
+    try:
+        with pytest.raises(OSError, match=rf"listen tcp6 \[::1\]:{ln.addr[1]}: address already"):
+            netpoll.create_listener("tcp6", ("::1", ln.addr[1]))
+    finally:
+        ln.close()
+
+
+def test_listen_permission_keeps_its_class(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root may bind anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match=f"listen unix {ro}/x.sock"):
+        netpoll.create_listener("unix", str(ro / "x.sock"))
+
+
+# -- unix socket files ------------------------------------------------------------------
+
+
+def test_unix_listener_refuses_a_live_path(tmp_path):
+    """Go returns EADDRINUSE for a path a live listener uses; so does netpoll."""
+    path = str(tmp_path / "live.sock")
+    first = netpoll.create_listener("unix", path)
+    try:
+        with pytest.raises(OSError) as info:
+            netpoll.create_listener("unix", path)
+        assert info.value.errno == errno.EADDRINUSE
+        assert path in str(info.value)
+        # the first listener still works and still owns its file
+        assert os.path.exists(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(path)
+    finally:
+        first.close()
+    assert not os.path.exists(path)
+
+
+def test_unix_listener_refuses_a_live_foreign_listener(tmp_path):
+    path = str(tmp_path / "foreign.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(path)
+        other.listen(1)
+        with pytest.raises(OSError, match="address already in use"):
+            netpoll.create_listener("unix", path)
+        assert os.path.exists(path)
+
+
+def test_unix_listener_replaces_a_stale_socket_file(tmp_path):
+    path = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(path)                       # bound, never listening: nobody accepts
+    assert os.path.exists(path)
+    ln = netpoll.create_listener("unix", path)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(path)
+    finally:
+        ln.close()
+    assert not os.path.exists(path)
+
+
+def test_unix_listener_never_removes_a_regular_file(tmp_path):
+    path = tmp_path / "regular"
+    path.write_text("keep me")
+    with pytest.raises(OSError) as info:
+        netpoll.create_listener("unix", str(path))
+    assert info.value.errno == errno.EADDRINUSE
+    assert str(path) in str(info.value)
+    assert path.read_text() == "keep me"
+
+
+def test_unix_listener_close_unlinks_only_its_own_file(tmp_path):
+    """A listener whose file was replaced leaves the new file alone when it closes."""
+    path = str(tmp_path / "mine.sock")
+    first = netpoll.create_listener("unix", path)
+    os.unlink(path)                            # someone removed it ...
+    second = netpoll.create_listener("unix", path)   # ... and a new listener took the path
+    try:
+        first.close()
+        assert os.path.exists(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(path)
+    finally:
+        second.close()
+    assert not os.path.exists(path)
+
+
+def test_convert_listener_never_unlinks(tmp_path):
+    path = str(tmp_path / "theirs.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen()
+    ln = netpoll.convert_listener(sock)
+    assert isinstance(ln, netpoll.UnixListener)
+    ln.close()
+    assert sock.fileno() == -1
+    assert os.path.exists(path)
+
+
+# -- abstract unix addresses and SO_REUSEPORT ---------------------------------------------
+
+
+def test_abstract_unix_listen_and_dial(run):
+    async def main():
+        name = f"@netpoll-test-{os.getpid()}-{id(main)}"
+        ln = netpoll.create_listener("unix", name)
+        assert ln.addr == name
+        assert isinstance(ln, netpoll.UnixListener)
+        try:
+            with pytest.raises(OSError) as info:
+                netpoll.create_listener("unix", name)
+            assert info.value.errno == errno.EADDRINUSE
+            assert name in str(info.value)
+            async with serving(ln):
+                conn = await netpoll.dial_connection("unix", name, timeout=5)
+                try:
+                    await roundtrip(conn, b"abstract")
+                finally:
+                    conn.close()
+        finally:
+            ln.close()
+        # the name is free again once closed
+        netpoll.create_listener("unix", name).close()
+        with pytest.raises(ConnectionRefusedError, match=f"dial unix {name}"):
+            await netpoll.dial_connection("unix", name, timeout=2)
+
+    run(main())
+
+
+def test_reuse_port_two_listeners_share_a_port(run):
+    async def main():
+        a = netpoll.create_listener("tcp", "127.0.0.1:0", reuse_port=True)
+        b = netpoll.create_listener("tcp", ("127.0.0.1", a.addr[1]), reuse_port=True)
+        assert a.addr == b.addr
+        hits = {"a": 0, "b": 0}
+
+        def counting(name: str) -> Any:
+            async def on_request(ctx: Any, conn: Connection) -> None:
+                hits[name] += 1
+                await echo(ctx, conn)
+            return on_request
+
+        async with serving(a, counting("a")), serving(b, counting("b")):
+            for i in range(40):
+                conn = await netpoll.dial_connection("tcp", a.addr, timeout=5)
+                try:
+                    await roundtrip(conn, b"r%d" % i)
+                finally:
+                    conn.close()
+        assert hits["a"] + hits["b"] == 40
+        assert hits["a"] and hits["b"], hits     # the kernel spread them (p of failing ~1e-12)
+
+    run(main())
+
+
+def test_without_reuse_port_the_second_bind_fails():
+    a = netpoll.create_listener("tcp", "127.0.0.1:0", reuse_port=True)
+    try:
+        with pytest.raises(OSError) as info:
+            netpoll.create_listener("tcp", ("127.0.0.1", a.addr[1]))
+        assert info.value.errno == errno.EADDRINUSE
+    finally:
+        a.close()
+
+
+def test_listener_types():
+    ln = netpoll.create_listener("tcp", "127.0.0.1:0")
+    try:
+        assert isinstance(ln, netpoll.TCPListener) and isinstance(ln, netpoll.Listener)
+        host, port = ln.addr
+        assert (host, port) == ln.addr
+        assert "TCPListener" in repr(ln)
+    finally:
+        ln.close()
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def test_cli_address_in_use_prints_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    ln = netpoll.create_listener("tcp", "127.0.0.1:0")
+    try:
+        port = ln.addr[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "netpoll", "echo", "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, timeout=30)
+    finally:
+        ln.close()
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "address already in use" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_unix_path_in_use(tmp_path):
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "cli.sock")
+    ln = netpoll.create_listener("unix", path)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "netpoll", "echo", "--unix", path],
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        ln.close()
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and path in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_listener_addresses_type_check(tmp_path):
+    """`host, port = ln.addr` passes mypy --strict for TCP; a Unix addr is a str."""
+    pytest.importorskip("mypy")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    snippet = tmp_path / "typed_addr.py"
+    snippet.write_text(
+        "import netpoll\n"
+        "\n"
+        "def tcp() -> tuple[str, int]:\n"
+        "    ln = netpoll.create_listener('tcp', '127.0.0.1:0')\n"
+        "    host, port = ln.addr\n"
+        "    ln.close()\n"
+        "    return host, port + 1\n"
+        "\n"
+        "def unix(path: str) -> str:\n"
+        "    ln = netpoll.create_listener('unix', path)\n"
+        "    return ln.addr.upper()\n"
+        "\n"
+        "def either(network: str) -> netpoll.Listener:\n"
+        "    return netpoll.create_listener(network, '127.0.0.1:0')\n")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", str(snippet)],
+                          cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

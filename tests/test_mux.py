@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import struct
@@ -332,3 +333,58 @@ def test_bad_size() -> None:
         ShardQueue(0, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         ShardQueue("4", None)  # type: ignore[arg-type]
+
+
+# -- mux.configure(shard_size=...) (Go's mux.ShardSize) ---------------------------------
+
+
+def test_configure_shard_size() -> None:
+    from netpoll import mux
+
+    before = mux.get_config()["shard_size"]
+    assert before == max(1, os.cpu_count() or 1)         # Go: GOMAXPROCS
+    try:
+        mux.configure(shard_size=32)                     # Go's comment: "recommended 32"
+        assert mux.get_config() == {"shard_size": 32}
+        class Conn:
+            writer = None
+
+        assert ShardQueue(None, Conn()).size == 32  # type: ignore[arg-type]
+        assert ShardQueue(4, Conn()).size == 4  # type: ignore[arg-type]
+        mux.configure()                                  # None leaves it as it is
+        assert mux.get_config()["shard_size"] == 32
+        for bad, exc in ((0, ValueError), (-1, ValueError), (mux.SHARD_SIZE_MAX + 1, ValueError),
+                         (2**63, ValueError), (1.5, TypeError), (True, TypeError),
+                         ("8", TypeError)):
+            with pytest.raises(exc, match="shard_size"):
+                mux.configure(shard_size=bad)  # type: ignore[arg-type]
+            assert mux.get_config()["shard_size"] == 32  # unchanged after a bad value
+        mux.configure(shard_size=mux.SHARD_SIZE_MAX)
+        assert mux.get_config()["shard_size"] == mux.SHARD_SIZE_MAX
+    finally:
+        mux.configure(shard_size=before)
+
+
+def test_default_size_queue_works(run: Any) -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        conn = netpoll.new_fd_connection(a.detach())
+        try:
+            q = ShardQueue(None, conn)
+            for i in range(10):
+                buf = LinkBuffer()
+                buf.write_binary(b"%d;" % i)
+                buf.flush()
+                q.add(lambda buf=buf: buf)
+            await q.close()
+            loop = asyncio.get_running_loop()
+            got = b""
+            while len(got) < 20:
+                got += await loop.sock_recv(b, 100)
+            assert got == b"".join(b"%d;" % i for i in range(10))
+        finally:
+            conn.close()
+            b.close()
+
+    run(main())

@@ -6,9 +6,17 @@ A Python port of CloudWeGo Netpoll. ``import netpoll`` is all a user needs;
 
 from __future__ import annotations
 
-from netpoll import mux
+from netpoll import mux, protocols
 from netpoll._buffer import LinkBuffer
 from netpoll._core import Connection, EventLoop, configure, new_fd_connection
+from netpoll.adapters import (
+    new_io_read_writer,
+    new_io_reader,
+    new_io_writer,
+    new_read_writer,
+    new_reader,
+    new_writer,
+)
 from netpoll.errors import (
     ConcurrentAccessError,
     ConnectionClosedError,
@@ -19,11 +27,21 @@ from netpoll.errors import (
     ReadTimeoutError,
     WriteTimeoutError,
 )
-from netpoll.net import Dialer, Listener, convert_listener, create_listener, dial_connection
+from netpoll.net import (
+    Address,
+    Dialer,
+    Listener,
+    TCPListener,
+    UnixListener,
+    convert_listener,
+    create_listener,
+    dial_connection,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Address",
     "ConcurrentAccessError",
     "Connection",
     "ConnectionClosedError",
@@ -36,6 +54,8 @@ __all__ = [
     "NetpollError",
     "NotEnoughDataError",
     "ReadTimeoutError",
+    "TCPListener",
+    "UnixListener",
     "WriteTimeoutError",
     "configure",
     "convert_listener",
@@ -43,4 +63,11 @@ __all__ = [
     "dial_connection",
     "mux",
     "new_fd_connection",
+    "new_io_read_writer",
+    "new_io_reader",
+    "new_io_writer",
+    "new_read_writer",
+    "new_reader",
+    "new_writer",
+    "protocols",
 ]

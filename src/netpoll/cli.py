@@ -44,8 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     from netpoll.servers import run_server
 
     kind = "echo" if args.command == "echo" else "rpc"
-    return run_server(kind, args.host, args.port, use_uvloop=args.uvloop, unix=args.unix,
-                      handler=args.handler)
+    try:
+        return run_server(kind, args.host, args.port, use_uvloop=args.uvloop, unix=args.unix,
+                          handler=args.handler)
+    except OSError as exc:       # e.g. the address is in use: one line, no traceback
+        where = args.unix or f"{args.host}:{args.port}"
+        text = exc.strerror or str(exc)
+        print(f"netpoll {args.command}: {text if where in text else f'{where}: {text}'}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ The rules:
   the connection open. A second ``close()`` just waits for the same end.
 
 ``add`` must be called from the thread running the connection's event loop.
+
+``configure(shard_size=n)`` sets the default ``size`` of queues made with
+``ShardQueue(None, conn)`` (Go's ``mux.ShardSize``, which defaults to
+GOMAXPROCS; here the CPU count).
 """
 
 from __future__ import annotations
@@ -46,13 +50,45 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol
 
 from netpoll._buffer import LinkBuffer
 from netpoll.errors import ConcurrentAccessError, ConnectionClosedError
 
-__all__ = ["MuxConnection", "MuxWriter", "ShardQueue", "WriterGetter"]
+__all__ = ["MuxConnection", "MuxWriter", "ShardQueue", "WriterGetter", "configure",
+           "get_config"]
+
+SHARD_SIZE_MAX = 1 << 20
+"""The largest shard_size configure() accepts (Go has no bound; the size only labels work here)."""
+
+_shard_size = max(1, os.cpu_count() or 1)
+
+
+def _check_size(what: str, size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{what}: size must be an int, not {type(size).__name__}")
+    if not 1 <= size <= SHARD_SIZE_MAX:
+        raise ValueError(f"{what}({size}): size must be between 1 and {SHARD_SIZE_MAX}")
+    return size
+
+
+def configure(shard_size: int | None = None) -> None:
+    """Set the mux settings; None leaves a setting as it is (Go: ``mux.ShardSize = n``).
+
+    ``shard_size``: the size of a ``ShardQueue(None, conn)``, 1 to
+    ``SHARD_SIZE_MAX`` (default: the CPU count, as Go's GOMAXPROCS). A bad
+    value raises TypeError or ValueError and changes nothing.
+    """
+    global _shard_size
+    if shard_size is not None:
+        _shard_size = _check_size("configure(shard_size)", shard_size)
+
+
+def get_config() -> dict[str, int]:
+    """The current mux settings: ``{"shard_size": n}``."""
+    return {"shard_size": _shard_size}
 
 WriterGetter = Callable[[], LinkBuffer | None]
 """A callable returning the LinkBuffer to send, or None to send nothing."""
@@ -102,8 +138,11 @@ class ShardQueue:
     __slots__ = ("size", "_conn", "_writer", "_loop", "_queue", "_busy", "_closing",
                  "_idle", "_batches", "_flushes")
 
-    def __init__(self, size: int, conn: MuxConnection) -> None:
-        """Make a queue for `conn`; `size` is Go's shard count (any int >= 1)."""
+    def __init__(self, size: int | None, conn: MuxConnection) -> None:
+        """Make a queue for `conn`; `size` is Go's shard count (an int >= 1), or
+        None for the configured ``shard_size``."""
+        if size is None:
+            size = _shard_size
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"ShardQueue: size must be an int, not {type(size).__name__}")
         if size < 1:

@@ -3,21 +3,51 @@
 Addresses are Go-style strings (``"host:port"``, ``"[::1]:80"``, ``":8080"``)
 or ``(host, port)`` tuples; a Unix address is a filesystem path (a leading
 ``"@"`` names an abstract socket).
+
+Errors name the address
+-----------------------
+
+A failure to resolve, bind or connect keeps its stdlib class and errno
+(``socket.gaierror``, ``OSError`` with ``EADDRINUSE``,
+``ConnectionRefusedError``...) and is re-raised, chained to the original,
+with a Go-style message naming the operation and the address::
+
+    listen tcp nosuchhost:80: name or service not known
+    listen tcp 127.0.0.1:8080: address already in use
+    dial tcp 127.0.0.1:1: connection refused
+
+Unix socket files
+-----------------
+
+``create_listener("unix", path)`` refuses (``EADDRINUSE``) a path on which a
+live listener accepts connections, as Go does; a socket file nobody listens
+on (left by a process that died) is removed first. A listener removes, when
+it closes, only the file it created itself: it remembers the file's device
+and inode and leaves a file that has since been replaced alone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno as _errno
+import logging
+import math
 import os
 import socket
 import stat
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, overload
 
 from netpoll import _core
-from netpoll._core import Connection
+from netpoll._core import Connection, new_fd_connection
+from netpoll.errors import ConnectionClosedError, NetpollError
 
 __all__ = [
+    "Address",
     "Dialer",
     "Listener",
+    "TCPListener",
+    "UnixListener",
     "convert_listener",
     "create_listener",
     "dial_connection",
@@ -28,6 +58,23 @@ NETWORKS = ("tcp", "tcp4", "tcp6", "unix")
 _FAMILY = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 
 Address = str | tuple[str, int]
+"""A Go-style ``"host:port"`` string or a ``(host, port)`` tuple; a path for unix."""
+
+TCPNetwork = Literal["tcp", "tcp4", "tcp6"]
+
+# "practically never": longer timeouts are clamped to this many seconds (about
+# 31 years), so that no later conversion to a C integer or a timer can overflow
+_FOREVER = 1e9
+
+
+
+def _logger() -> logging.Logger:
+    """The logger set with ``netpoll.configure(logger=)``."""
+    try:
+        logger: logging.Logger = _core.get_config()["logger"]
+    except (AttributeError, KeyError):  # pragma: no cover - the core always has it
+        logger = logging.getLogger("netpoll")
+    return logger
 
 
 def _check_network(network: object, what: str) -> str:
@@ -78,38 +125,206 @@ def parse_address(network: str, address: object) -> tuple[str, int] | str:
     return host, port
 
 
-class Listener:
-    """A listening socket served by an EventLoop.
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    ``addr`` is the bound address: ``(host, port)`` or a path.
+
+def _named(exc: OSError, op: str) -> OSError | None:
+    """`exc` again (same class, same errno) with a message naming `op`, or None
+    when its message already names an operation ("dial tcp 127.0.0.1:1: ..."),
+    e.g. because the core named it (perhaps with the resolved address)."""
+    reason = exc.strerror if exc.strerror else str(exc)
+    verb = op.split(" ", 1)[0]
+    if reason.startswith(op) or reason.startswith(f"{verb} "):
+        return None
+    text = f"{op}: {reason[:1].lower()}{reason[1:]}"
+    if exc.errno is None:
+        return type(exc)(text)
+    try:
+        return type(exc)(exc.errno, text)
+    except Exception:       # pragma: no cover - an OSError subclass with another __init__
+        return OSError(exc.errno, text)
+
+
+def _abstract_name(name: str) -> str:
+    # the kernel's spelling of an abstract address ("\0name") as Go prints it ("@name")
+    return "@" + name[1:] if name.startswith("\0") else name
+
+
+class Listener:
+    """A listening socket: served by an EventLoop, or accepted from with ``accept()``.
+
+    ``addr`` is the bound address: ``(host, port)`` for TCP, the path for Unix
+    (``"@name"`` for an abstract one). ``create_listener`` and
+    ``convert_listener`` return a :class:`TCPListener` or a
+    :class:`UnixListener`, whose ``addr`` is typed precisely.
     """
+
+    network: str
 
     def __init__(self, sock: socket.socket, network: str) -> None:
         self._sock = sock
         self.network = network
-        self._unlink: str | None = None
+        self._closed = False
+        self._created: tuple[str, int, int] | None = None   # (path, st_dev, st_ino) to unlink
+        self._close_callbacks: list[Callable[[Listener], object]] = []
+        self._accept_waiters: list[asyncio.Future[None]] = []
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
         sock.setblocking(False)
         name = sock.getsockname()
+        self._addr: tuple[str, int] | str
         if network == "unix":
-            self.addr: tuple[str, int] | str = (
-                name.decode(errors="surrogateescape") if isinstance(name, bytes) else name)
+            if isinstance(name, bytes):
+                name = name.decode(errors="surrogateescape")
+            self._addr = _abstract_name(name)
         else:
-            self.addr = (name[0], name[1])
+            self._addr = (name[0], name[1])
+
+    @property
+    def addr(self) -> tuple[str, int] | str:
+        """The bound address: ``(host, port)`` or a path."""
+        return self._addr
+
+    def _where(self) -> str:
+        a = self._addr
+        return a if isinstance(a, str) else _host_port(a[0], a[1])
 
     def fileno(self) -> int:
         """The listening socket's fd (-1 once closed)."""
         return self._sock.fileno()
 
-    def close(self) -> None:
-        """Stop listening (idempotent); a unix socket file created here is removed."""
-        if self._sock.fileno() >= 0:
-            self._sock.close()
-            if self._unlink:
+    async def accept(self) -> Connection:
+        """Wait for the next incoming connection (Go's ``Listener.Accept``).
+
+        Returns a Connection driven by the pollers, as
+        ``netpoll.new_fd_connection`` makes it (no EventLoop callbacks run for
+        it). Several tasks may wait at once; each connection goes to one of
+        them. Closing the listener wakes every waiting ``accept()`` with
+        ``ConnectionClosedError``, and ``accept()`` on a closed listener raises
+        it at once (Go: ``net.ErrClosed``). Other OS errors (e.g. ``EMFILE``)
+        are raised with the listener's address in the message; the listener
+        stays usable. Do not mix ``accept()`` with ``EventLoop.serve`` on one
+        listener.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed or self._sock.fileno() < 0:
+                raise ConnectionClosedError(
+                    f"accept {self.network} {self._where()}: listener closed")
+            try:
+                sock, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                await self._wait_readable(loop)
+                continue
+            except ConnectionAbortedError:
+                continue            # the peer gave up while queued: take the next one
+            except OSError as exc:
+                if self._closed or self._sock.fileno() < 0:
+                    raise ConnectionClosedError(
+                        f"accept {self.network} {self._where()}: listener closed") from exc
+                named = _named(exc, f"accept {self.network} {self._where()}")
+                if named is None:
+                    raise
+                raise named from exc
+            fd = sock.detach()
+            try:
+                return new_fd_connection(fd)
+            except BaseException:
                 try:
-                    os.unlink(self._unlink)
+                    os.close(fd)
                 except OSError:
                     pass
-                self._unlink = None
+                raise
+
+    async def _wait_readable(self, loop: asyncio.AbstractEventLoop) -> None:
+        # One reader on the listening fd for all waiting accepts: when it fires,
+        # every waiter is woken (and retries accept4) and the reader is removed,
+        # so a backlog nobody waits for does not spin the loop.
+        if self._reader_loop is not None and self._reader_loop is not loop:
+            raise RuntimeError(f"accept {self.network} {self._where()}: "
+                               "already waiting on another event loop")
+        if self._reader_loop is None:
+            loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._reader_loop = loop
+        fut: asyncio.Future[None] = loop.create_future()
+        self._accept_waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._accept_waiters:
+                self._accept_waiters.remove(fut)
+            if not self._accept_waiters:
+                self._stop_reading()
+
+    def _on_readable(self) -> None:
+        waiters, self._accept_waiters = self._accept_waiters, []
+        self._stop_reading()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _stop_reading(self) -> None:
+        loop, self._reader_loop = self._reader_loop, None
+        if loop is not None and not loop.is_closed() and self._sock.fileno() >= 0:
+            loop.remove_reader(self._sock.fileno())
+
+    def _add_close_callback(self, cb: Callable[[Listener], object]) -> None:
+        """Run ``cb(listener)`` when this listener is closed (internal hook).
+
+        For code that watches the listening fd, such as ``EventLoop.serve``:
+        the callbacks run inside ``close()`` *before* the fd is closed, newest
+        first, so a callback can still ``remove_reader(listener.fileno())``.
+        An exception from a callback is logged on the ``netpoll`` logger and
+        the next one runs. On a listener already closed, ``cb`` runs at once.
+        Each registered callback runs at most once.
+        """
+        if self._closed:
+            self._run_close_callback(cb)
+            return
+        self._close_callbacks.append(cb)
+
+    def _remove_close_callback(self, cb: Callable[[Listener], object]) -> None:
+        """Forget a callback given to ``_add_close_callback`` (no error if absent)."""
+        try:
+            self._close_callbacks.remove(cb)
+        except ValueError:
+            pass
+
+    def _run_close_callback(self, cb: Callable[[Listener], object]) -> None:
+        try:
+            cb(self)
+        except Exception as exc:
+            _logger().error("netpoll: listener close callback raised", exc_info=exc)
+
+    def close(self) -> None:
+        """Stop listening (idempotent).
+
+        Wakes every waiting ``accept()`` with ``ConnectionClosedError``, runs the
+        close callbacks, then closes the fd; a Unix socket file this listener
+        created is removed if it is still that file.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for cb in reversed(callbacks):
+            self._run_close_callback(cb)
+        waiters, self._accept_waiters = self._accept_waiters, []
+        self._stop_reading()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionClosedError(
+                    f"accept {self.network} {self._where()}: listener closed"))
+        self._sock.close()
+        created, self._created = self._created, None
+        if created is not None:
+            path, dev, ino = created
+            try:
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    os.unlink(path)
+            except OSError:
+                pass
 
     def __enter__(self) -> Listener:
         return self
@@ -118,45 +333,117 @@ class Listener:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<netpoll Listener {self.network} {self.addr!r}>"
+        return f"<netpoll {type(self).__name__} {self.network} {self._addr!r}>"
 
 
-def create_listener(network: str, address: Address, *, backlog: int = 1024,
+class TCPListener(Listener):
+    """A TCP listener: ``addr`` is ``(host, port)``, so ``host, port = ln.addr`` type-checks."""
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        a = self._addr
+        assert isinstance(a, tuple)
+        return a
+
+
+class UnixListener(Listener):
+    """A Unix stream listener: ``addr`` is the path (``"@name"`` when abstract)."""
+
+    @property
+    def addr(self) -> str:
+        """The bound path."""
+        a = self._addr
+        assert isinstance(a, str)
+        return a
+
+
+def _unix_path_in_use(path: str) -> bool:
+    """Whether a live listener accepts on the socket file `path` (probe by connecting)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        err = probe.connect_ex(path)
+    # 0: accepted; EAGAIN: listening with a full backlog; ECONNREFUSED: nobody listens
+    return err in (0, _errno.EAGAIN, _errno.EINPROGRESS)
+
+
+def _listen_unix(path: str, backlog: int) -> UnixListener:
+    op = f"listen unix {path}"
+    abstract = path.startswith("@")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    created: tuple[str, int, int] | None = None
+    try:
+        if abstract:
+            sock.bind("\0" + path[1:])
+        else:
+            try:
+                st = os.stat(path)
+            except OSError:
+                pass
+            else:
+                if stat.S_ISSOCK(st.st_mode):
+                    if _unix_path_in_use(path):
+                        raise OSError(_errno.EADDRINUSE, f"{op}: address already in use")
+                    os.unlink(path)      # a stale socket file: nobody listens on it
+            sock.bind(path)
+            st = os.stat(path)
+            created = (path, st.st_dev, st.st_ino)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        named = _named(exc, op)
+        if named is None:
+            raise
+        raise named from exc
+    except BaseException:
+        sock.close()
+        raise
+    ln = UnixListener(sock, "unix")
+    ln._created = created
+    if not abstract:
+        ln._addr = path
+    return ln
+
+
+@overload
+def create_listener(network: Literal["unix"], address: str | bytes, *, backlog: int = 1024,
+                    reuse_port: bool = False) -> UnixListener: ...
+@overload
+def create_listener(network: TCPNetwork, address: Address, *, backlog: int = 1024,
+                    reuse_port: bool = False) -> TCPListener: ...
+@overload
+def create_listener(network: str, address: Address | bytes, *, backlog: int = 1024,
+                    reuse_port: bool = False) -> Listener: ...
+def create_listener(network: str, address: Address | bytes, *, backlog: int = 1024,
                     reuse_port: bool = False) -> Listener:
-    """Bind and listen: network "tcp", "tcp4", "tcp6" or "unix"."""
+    """Bind and listen: network "tcp", "tcp4", "tcp6" or "unix".
+
+    ``reuse_port=True`` sets ``SO_REUSEPORT`` (several listeners, in this or
+    other processes, share one port; the kernel spreads connections). A
+    resolve or bind failure keeps its class and errno and names the address
+    (``"listen tcp 127.0.0.1:80: address already in use"``).
+    """
     network = _check_network(network, "create_listener")
     target = parse_address(network, address)
     if network == "unix":
         assert isinstance(target, str)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            if not target.startswith("@"):
-                try:
-                    if stat.S_ISSOCK(os.stat(target).st_mode):
-                        os.unlink(target)     # a stale socket file from an earlier run
-                except FileNotFoundError:
-                    pass
-                sock.bind(target)
-            else:
-                sock.bind("\0" + target[1:])
-            sock.listen(backlog)
-        except BaseException:
-            sock.close()
-            raise
-        ln = Listener(sock, network)
-        if not target.startswith("@"):
-            ln._unlink = target
-            ln.addr = target
-        return ln
+        return _listen_unix(target, backlog)
     assert isinstance(target, tuple)
     host, port = target
+    op = f"listen {network} {_host_port(host, port)}"
     family = _FAMILY[network]
     if family == socket.AF_UNSPEC:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         if host == "":
             family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
-    infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0,
-                               socket.AI_PASSIVE)
+    try:
+        infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+    except OSError as exc:
+        named = _named(exc, op)
+        if named is None:
+            raise
+        raise named from exc
     fam, _, _, _, sockaddr = infos[0]
     sock = socket.socket(fam, socket.SOCK_STREAM)
     try:
@@ -168,14 +455,25 @@ def create_listener(network: str, address: Address, *, backlog: int = 1024,
                             1 if network == "tcp6" else 0)
         sock.bind(sockaddr)
         sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        named = _named(exc, op)
+        if named is None:
+            raise
+        raise named from exc
     except BaseException:
         sock.close()
         raise
-    return Listener(sock, network)
+    return TCPListener(sock, network)
 
 
 def convert_listener(sock: socket.socket) -> Listener:
-    """Wrap a bound, listening socket.socket (TCP or Unix stream); it is set non-blocking."""
+    """Wrap a bound, listening socket.socket (TCP or Unix stream); it is set non-blocking.
+
+    The result is a :class:`TCPListener` or a :class:`UnixListener`; it
+    shares the socket (closing either closes both) and never removes a Unix
+    socket file, which it did not create.
+    """
     if isinstance(sock, Listener):
         return sock
     if not isinstance(sock, socket.socket):
@@ -185,14 +483,12 @@ def convert_listener(sock: socket.socket) -> Listener:
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError("convert_listener: the socket is not listening")
     if sock.family == socket.AF_UNIX:
-        network = "unix"
-    elif sock.family == socket.AF_INET:
-        network = "tcp4"
-    elif sock.family == socket.AF_INET6:
-        network = "tcp6"
-    else:
-        raise ValueError(f"convert_listener: unsupported address family {sock.family!r}")
-    return Listener(sock, network)
+        return UnixListener(sock, "unix")
+    if sock.family == socket.AF_INET:
+        return TCPListener(sock, "tcp4")
+    if sock.family == socket.AF_INET6:
+        return TCPListener(sock, "tcp6")
+    raise ValueError(f"convert_listener: unsupported address family {sock.family!r}")
 
 
 def _seconds(what: str, value: Any) -> float:
@@ -200,9 +496,11 @@ def _seconds(what: str, value: Any) -> float:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what}: seconds must be a number, not {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError(f"{what}: timeout is nan")
     if value < 0:
         raise ValueError(f"{what}: negative timeout {value}")
-    return float(value)
+    return min(float(value), _FOREVER)
 
 
 class Dialer:
@@ -226,18 +524,35 @@ class Dialer:
         """Connect without blocking; `timeout` covers resolution and connect.
 
         Raises DialTimeoutError past the timeout, ConnectionRefusedError when
-        refused, ValueError for a bad network or address.
+        refused (``"dial tcp 127.0.0.1:1: connection refused"``),
+        ``socket.gaierror`` naming the host when it does not resolve, and
+        ValueError for a bad network or address or a NaN or negative timeout.
+        A huge timeout means no timeout.
         """
         network = _check_network(network, "dial_connection")
         target = parse_address(network, address)
-        if isinstance(target, str) and target.startswith("@"):
-            target = "\0" + target[1:]
+        if isinstance(target, str):
+            op = f"dial unix {target}"
+            if target.startswith("@"):
+                target = "\0" + target[1:]
+        else:
+            op = f"dial {network} {_host_port(*target)}"
         if timeout is not None:
-            timeout = _seconds("dial_connection(timeout)", timeout) or None
+            timeout = _seconds("dial_connection(timeout)", timeout)
+            if timeout == 0 or timeout >= _FOREVER:
+                timeout = None
         family = _FAMILY.get(network, socket.AF_UNIX)
-        conn: Connection = await _core.dial(network, target, family, timeout,
-                                            self.read_timeout, self.write_timeout,
-                                            self.idle_timeout, self.write_buffer_limit or 0)
+        try:
+            conn: Connection = await _core.dial(network, target, family, timeout,
+                                                self.read_timeout, self.write_timeout,
+                                                self.idle_timeout, self.write_buffer_limit or 0)
+        except OSError as exc:
+            if isinstance(exc, NetpollError):
+                raise
+            named = _named(exc, op)
+            if named is None:
+                raise
+            raise named from exc
         return conn
 
 

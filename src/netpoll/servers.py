@@ -104,6 +104,7 @@ async def serve_forever(kind: str, host: str, port: int, unix: str | None = None
 
     handler: "async" (coroutine handlers) or "sync" (plain functions on conn.input).
     """
+    ln: netpoll.Listener
     if unix:
         ln = netpoll.create_listener("unix", unix)
     else:
