@@ -77,7 +77,8 @@ cdef class EventLoop:
             raise RuntimeError("EventLoop.serve: this server was shut down; make a new EventLoop")
         if self.stopped is not None:
             raise RuntimeError("EventLoop.serve: already serving")
-        if isinstance(listener, socket.socket):
+        raw = isinstance(listener, socket.socket)
+        if raw:
             from netpoll.net import convert_listener
             listener = convert_listener(listener)
         if not hasattr(listener, "fileno") or not hasattr(listener, "network"):
@@ -96,7 +97,8 @@ cdef class EventLoop:
         hook = getattr(listener, "_add_close_callback", None)
         if hook is not None:
             hook(self._listener_closing)
-        else:
+        if raw or hook is None:
+            # the application holds the socket.socket and may close it directly
             self.watch_handle = self.loop.call_later(0.5, self._watch_listener)
         try:
             await asyncio.shield(self.stopped)
