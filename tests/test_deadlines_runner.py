@@ -239,3 +239,31 @@ def test_set_on_connect_on_dialed_connection(run: Any) -> None:
         peer.close()
 
     run(main())
+
+
+def test_get_config_and_backend() -> None:
+    cfg = netpoll.get_config()
+    assert cfg["backend"] == "epoll"
+    assert {"poller_num", "buffer_size", "load_balance", "logger", "link_buffer_cap"} <= set(cfg)
+    netpoll.configure(backend="epoll")
+    netpoll.configure(backend="auto")
+    assert netpoll.get_config()["backend"] == "epoll"
+    with pytest.raises(OSError, match="io_uring"):
+        netpoll.configure(backend="io_uring")
+    with pytest.raises(ValueError):
+        netpoll.configure(backend="kqueue")  # type: ignore[arg-type]
+
+
+def test_link_buffer_cap() -> None:
+    before = netpoll.get_config()["link_buffer_cap"]
+    try:
+        netpoll.configure(link_buffer_cap=128)
+        assert netpoll.get_config()["link_buffer_cap"] == 128
+        buf = netpoll.LinkBuffer(0)
+        buf.write_binary(b"x" * 10)
+        buf.flush()
+        assert buf.bytes() == b"x" * 10
+        with pytest.raises(ValueError):
+            netpoll.configure(link_buffer_cap=0)
+    finally:
+        netpoll.configure(link_buffer_cap=before)

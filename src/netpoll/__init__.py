@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from netpoll import mux, protocols
 from netpoll._buffer import LinkBuffer
-from netpoll._core import Connection, EventLoop, configure, new_fd_connection
+from netpoll._core import Connection, EventLoop, configure, get_config, new_fd_connection
 from netpoll.adapters import (
     new_io_read_writer,
     new_io_reader,
@@ -58,6 +58,7 @@ __all__ = [
     "UnixListener",
     "WriteTimeoutError",
     "configure",
+    "get_config",
     "convert_listener",
     "create_listener",
     "dial_connection",

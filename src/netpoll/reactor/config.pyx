@@ -45,14 +45,16 @@ cdef object _int_arg(str name, object v, Py_ssize_t lo, Py_ssize_t hi):
 
 @cython.binding(True)
 def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None,
-              link_buffer_cap=None):
+              link_buffer_cap=None, backend=None):
     """Set process-wide options; None leaves a setting as it is.
 
     poller_num: pollers per event loop (each one epoll fd on that loop), 1..1024;
     buffer_size: the first book size for connection input (bytes);
     load_balance: "round_robin" or "random", how connections spread over pollers;
     logger: a logging.Logger for netpoll's messages;
-    link_buffer_cap: the minimum capacity of a LinkBuffer node (Go's LinkBufferCap).
+    link_buffer_cap: the minimum capacity of a LinkBuffer node (Go's LinkBufferCap);
+    backend: "epoll", "io_uring" or "auto". This build has the epoll backend only:
+    "auto" picks epoll, and "io_uring" raises OSError (ENOSYS) saying so.
 
     All arguments are checked before any is applied: a call that raises
     changes nothing.
@@ -70,6 +72,13 @@ def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None,
             f"configure(logger=...): expected a logging.Logger, not {type(logger).__name__}")
     if link_buffer_cap is not None:
         _int_arg("link_buffer_cap", link_buffer_cap, 1, BOOK_MAX)
+    if backend is not None:
+        if backend not in ("epoll", "io_uring", "auto"):
+            raise ValueError(
+                f"configure(backend={backend!r}): expected 'epoll', 'io_uring' or 'auto'")
+        if backend == "io_uring":
+            raise OSError(_errno.ENOSYS, "configure(backend='io_uring'): this build of netpoll "
+                          "has no io_uring backend yet; use 'epoll' or 'auto'")
     spin = _env_spin()
     if poller_num is not None:
         _forget_closed_loops()

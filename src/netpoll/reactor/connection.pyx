@@ -1172,13 +1172,6 @@ def _log_task_error(task):
         config.logger.error("netpoll: on_disconnect raised", exc_info=task.exception())
 
 
-cdef int _set_nonblocking(int fd) except -1:
-    cdef int flags = fcntl(fd, F_GETFL)
-    if flags < 0 or fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0:
-        raise oserror(errno, "fcntl(O_NONBLOCK)")
-    return 0
-
-
 cdef double MAX_TIMEOUT = 10.0 * 365 * 86400     # ten years: "practically never"
 
 
