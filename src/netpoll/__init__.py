@@ -20,6 +20,7 @@ from netpoll.errors import (
     WriteTimeoutError,
 )
 from netpoll.net import Dialer, Listener, convert_listener, create_listener, dial_connection
+from netpoll.workers import run_workers  # stdlib imports only: cheap
 
 __version__ = "0.1.0"
 
@@ -43,4 +44,5 @@ __all__ = [
     "dial_connection",
     "mux",
     "new_fd_connection",
+    "run_workers",
 ]
