@@ -188,7 +188,7 @@ class Load:
                 if not answer.endswith(b"\n"):
                     raise ConnectionError("closed without an answer")
                 self.results.append((t_conn, sent, int(answer), None))
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 self.results.append((t_conn, sent, None, repr(exc)))
             finally:
                 if writer is not None:
@@ -203,7 +203,7 @@ class Load:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.port), 5)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             self.conn_error[i] = repr(exc)
             self.results.append((t_conn, None, None, repr(exc)))
             return
@@ -218,7 +218,7 @@ class Load:
                     answer = await asyncio.wait_for(reader.readline(), 5)
                     if not answer.endswith(b"\n"):
                         raise ConnectionError("closed without an answer")
-                except (OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError) as exc:
                     self.conn_error[i] = repr(exc)
                     self.results.append((t_conn, sent, None, repr(exc)))
                     return
