@@ -122,8 +122,8 @@ def start(tmp_path: Path) -> Iterator[Any]:
         sup.cleanup()
 
 
-def assert_no_orphans(sup: Supervisor) -> None:
-    deadline = time.monotonic() + 2.0
+def assert_no_orphans(sup: Supervisor, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
     while (left := group_members(sup.pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"processes left behind: {left}\n{sup.text()}"
@@ -480,6 +480,18 @@ def test_ttin_ttou_and_cpu_affinity(start: Any) -> None:
     sup.wait_for(r"worker \d+ \(slot 1\) stopped after draining")
     assert run(one_request(port)) == pids[0]
     assert sup.stop() == 0, sup.text()
+
+
+@pytest.mark.timeout(30)
+def test_workers_drain_when_the_supervisor_is_killed(start: Any) -> None:
+    sup = start(workers=2)
+    sup.ready_pids(2)
+    port = sup.port()
+    assert run(one_request(port)) > 0
+    os.kill(sup.pid, signal.SIGKILL)
+    sup.proc.wait(5)
+    # the next heartbeat write fails (EPIPE): the workers drain and exit
+    assert_no_orphans(sup, timeout=5.0)
 
 
 @pytest.mark.timeout(30)

@@ -56,12 +56,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
-import importlib
-import importlib.util
 import json
 import logging
 import os
-import random
 import selectors
 import signal
 import socket
@@ -71,8 +68,10 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+# `import netpoll` imports this module: only modules asyncio has imported
+# already are imported here (and json); the rest where they are used.
 
 __all__ = [
     "Worker",
@@ -189,6 +188,11 @@ def counted_prepare(on_prepare: Callable[[Any], Any] | None = None) -> Callable[
         return on_prepare(conn) if on_prepare is not None else None
 
     return prepare
+
+
+def _format_exc(exc: BaseException) -> tuple[str, str]:
+    return ("".join(traceback.format_exception_only(exc)).strip(),
+            "".join(traceback.format_exception(exc)))
 
 
 def _event_loops() -> list[Any]:
@@ -358,8 +362,7 @@ def _note_early_term(signum: int, frame: Any) -> None:
 
 
 def _send_fatal(fd: int, exc: BaseException) -> None:
-    text = "".join(traceback.format_exception(exc))
-    last = "".join(traceback.format_exception_only(exc)).strip()
+    last, text = _format_exc(exc)
     try:
         os.write(fd, (json.dumps({"t": "fatal", "error": last, "tb": text[-3000:]}) + "\n")
                  .encode())
@@ -368,6 +371,9 @@ def _send_fatal(fd: int, exc: BaseException) -> None:
 
 
 def _load_serve(spec: str, main_file: str | None) -> Serve:
+    import importlib
+    import importlib.util
+
     module_name, _, attr = spec.partition(":")
     if main_file is not None:
         # The function came from the supervisor's __main__ script: load that file
@@ -441,20 +447,23 @@ def _worker_main() -> None:
 # The supervisor
 # ---------------------------------------------------------------------------------
 
-@dataclass
 class _Proc:
-    popen: subprocess.Popen[bytes]
-    slot: _Slot
-    status_r: int
-    started: float
-    ready_at: float = 0.0
-    last_beat: float = 0.0
-    draining_since: float = 0.0
-    killed: str = ""
-    fatal: str = ""
-    fatal_tb: str = ""
-    buf: bytes = b""
-    stats: dict[str, int] = field(default_factory=dict)
+    """A worker process as the supervisor sees it."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], slot: _Slot, status_r: int,
+                 started: float) -> None:
+        self.popen = popen
+        self.slot = slot
+        self.status_r = status_r          # -1 once the pipe is closed
+        self.started = started
+        self.ready_at = 0.0
+        self.last_beat = started
+        self.draining_since = 0.0
+        self.killed = ""
+        self.fatal = ""
+        self.fatal_tb = ""
+        self.buf = b""
+        self.stats: dict[str, int] = {}
 
     @property
     def pid(self) -> int:
@@ -465,17 +474,18 @@ class _Proc:
         return self.ready_at > 0
 
 
-@dataclass
 class _Slot:
-    index: int
-    sock: socket.socket | None
-    proc: _Proc | None = None
-    old: _Proc | None = None          # being replaced: serving until `proc` is ready
-    restart_at: float = 0.0           # > 0: start a worker at this time
-    start_failures: int = 0
-    crashes: int = 0
-    max_requests: int = 0
-    removed: bool = False
+    """Worker number `index` and its listening socket, which outlives its workers."""
+
+    def __init__(self, index: int, sock: socket.socket | None) -> None:
+        self.index = index
+        self.sock = sock
+        self.proc: _Proc | None = None    # the current worker (serving or starting)
+        self.old: _Proc | None = None     # being replaced: serving until `proc` is ready
+        self.restart_at = 0.0             # > 0: start a worker at this time
+        self.start_failures = 0
+        self.crashes = 0
+        self.removed = False
 
 
 def _parse_bind(bind: str) -> tuple[str, str]:
@@ -595,6 +605,8 @@ class _Supervisor:
     # workers -------------------------------------------------------------------
 
     def _spawn(self, slot: _Slot) -> _Proc:
+        import random
+
         assert slot.sock is not None
         r, w = os.pipe()
         os.set_blocking(r, False)
@@ -619,7 +631,7 @@ class _Supervisor:
         finally:
             os.close(w)
         now = time.monotonic()
-        proc = _Proc(popen=popen, slot=slot, status_r=r, started=now, last_beat=now)
+        proc = _Proc(popen, slot, r, now)
         self.procs[proc.pid] = proc
         self.sel.register(r, selectors.EVENT_READ, proc)
         log.info("netpoll workers: started worker %d (slot %d%s)", proc.pid, slot.index,
@@ -731,6 +743,8 @@ class _Supervisor:
         if slot.proc is not proc:
             return
         slot.proc = None
+        if slot.removed:
+            return
         if self.stopping:
             log.info("netpoll workers: worker %d (slot %d) exited (%s)", proc.pid, slot.index, how)
             return
