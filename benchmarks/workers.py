@@ -1,0 +1,158 @@
+"""Server CPU per request under run_workers, at 1, 2 and 4 workers.
+
+On a 2-core machine throughput scaling cannot be shown (the load generator
+needs one core), so this measures what can be: the supervisor and every
+worker are pinned to one core, the C load generator to the other, and the
+server's CPU (user + system, the whole process tree: supervisor + workers)
+is divided by the requests answered. If the supervisor, the heartbeats or
+the SO_REUSEPORT listeners added contention, this number would grow with N.
+Per-worker CPU shares show the spread. The same N plain processes (each
+binding the port with SO_REUSEPORT, no supervisor) are measured interleaved
+as the baseline: the difference is what run_workers adds.
+
+    python benchmarks/workers.py [--duration 5] [--repeat 3] [--workers 1,2,4]
+
+Load: framed RPC (4-byte length + 64 B), 100 connections, depth 1 (netpoll's
+rpc_on_request in each worker, on asyncio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import netpoll
+from netpoll.bench import harness
+from netpoll.servers import rpc_on_request
+
+HERE = Path(__file__).resolve().parent
+
+
+async def serve(listener: Any) -> None:
+    """What each worker runs (`workers:serve` with this directory on the path)."""
+    await netpoll.EventLoop(rpc_on_request).serve(listener)
+
+
+def worker_cpu(pids: list[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        except OSError:
+            out.append(0.0)
+    return out
+
+
+# The baseline: N plain processes, each binding the port with SO_REUSEPORT
+# itself, no supervisor; they are started by one parent that only waits.
+PLAIN = """
+import asyncio, os, sys, netpoll
+from netpoll.servers import rpc_on_request
+port, n = int(sys.argv[1]), int(sys.argv[2])
+async def main():
+    ln = netpoll.create_listener("tcp", ("127.0.0.1", port), reuse_port=True)
+    print("worker", os.getpid(), "ready", flush=True)
+    await netpoll.EventLoop(rpc_on_request).serve(ln)
+if n:
+    import subprocess
+    kids = [subprocess.Popen([sys.executable, "-c", sys.argv[3], str(port), "0", ""])
+            for _ in range(n)]
+    for k in kids:
+        k.wait()
+else:
+    asyncio.run(main())
+"""
+
+
+def one_run(tools: Any, n: int, args: argparse.Namespace, plain: bool) -> dict[str, Any]:
+    server_cpu, client_cpu = harness.cpu_plan()
+    port = harness.free_port("127.0.0.1")
+    log_path = Path(f"/tmp/netpoll-workers-bench-{os.getpid()}.log")
+    if plain:
+        argv = [sys.executable, "-c", PLAIN, str(port), str(n), PLAIN]
+    else:
+        argv = [sys.executable, "-m", "netpoll", "workers", "workers:serve", "--bind",
+                f"tcp:127.0.0.1:{port}", "--workers", str(n)]
+    with open(log_path, "wb") as logf:
+        sup = harness._spawn_pinned(server_cpu, argv, cwd=HERE, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(re.findall(r"worker (\d+) ready", log_path.read_text())) < n:
+            if time.monotonic() > deadline or sup.poll() is not None:
+                raise RuntimeError(f"workers did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        pids = [int(p) for p in re.findall(r"worker (\d+) ready", log_path.read_text())]
+        cpu0 = worker_cpu(pids)
+        sup0 = worker_cpu([sup.pid])[0]
+        case = harness.Case("rpc-64B-x100", size=64, connections=100, mode="frame")
+        res = harness.run_loadgen(tools, "127.0.0.1", port, case, args.duration, args.warmup,
+                                  server_pid=sup.pid, server_cpu=server_cpu,
+                                  client_cpu=client_cpu)
+        cpu1 = worker_cpu(pids)
+        sup1 = worker_cpu([sup.pid])[0]
+        per = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+        total = sum(per) or 1.0
+        res["worker_share_pct"] = [round(100 * p / total, 1) for p in per]
+        res["parent_cpu_s"] = sup1 - sup0       # the supervisor's own CPU (ticks: 10 ms)
+        return res
+    finally:
+        os.kill(sup.pid, signal.SIGTERM)
+        try:
+            sup.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
+        log_path.unlink(missing_ok=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--workers", default="1,2,4")
+    args = p.parse_args()
+    tools = harness.build_tools()
+    counts = [int(x) for x in args.workers.split(",")]
+    kinds = ["run_workers", "plain"]
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {(k, n): [] for k in kinds
+                                                         for n in counts}
+    for r in range(args.repeat):
+        for n in counts:                      # interleaved: 1, 2, 4, 1, 2, 4, ...
+            for kind in kinds:
+                res = one_run(tools, n, args, plain=kind == "plain")
+                runs[kind, n].append(res)
+                print(f"run {r + 1} {kind} workers={n}: {res['rps']:.0f} req/s, "
+                      f"{res['cpu_us_per_req']:.2f} cpu us/req, "
+                      f"shares {res['worker_share_pct']}, parent {res['parent_cpu_s']:.2f} s, "
+                      f"pressure {res.get('cpu_pressure_pct', float('nan')):.1f}%",
+                      file=sys.stderr)
+    print("| server | workers | req/s | cpu us/req | user us/req | srv cpu% | parent cpu s "
+          "| per-worker CPU share % |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        for n in counts:
+            rs = runs[kind, n]
+            med = {k: statistics.median(r[k] for r in rs)
+                   for k in ("rps", "cpu_us_per_req", "user_us_per_req", "server_cpu_pct",
+                             "parent_cpu_s")}
+            shares = rs[len(rs) // 2]["worker_share_pct"]
+            print(f"| {kind} | {n} | {med['rps']:.0f} | {med['cpu_us_per_req']:.2f} | "
+                  f"{med['user_us_per_req']:.2f} | {med['server_cpu_pct']:.0f} | "
+                  f"{med['parent_cpu_s']:.2f} | {' / '.join(str(s) for s in shares)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
