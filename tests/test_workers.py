@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -492,6 +493,21 @@ def test_workers_drain_when_the_supervisor_is_killed(start: Any) -> None:
     sup.proc.wait(5)
     # the next heartbeat write fails (EPIPE): the workers drain and exit
     assert_no_orphans(sup, timeout=5.0)
+
+
+@pytest.mark.timeout(30)
+def test_bind_error_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sup = Supervisor(tmp_path, "workers_app:serve", "--bind", f"tcp:127.0.0.1:{port}")
+        try:
+            assert sup.proc.wait(15) == 2
+            assert "Address already in use" in sup.text()
+            assert "started worker" not in sup.text()
+        finally:
+            sup.cleanup()
 
 
 @pytest.mark.timeout(30)
