@@ -11,6 +11,13 @@ binding the port with SO_REUSEPORT, no supervisor) are measured interleaved
 as the baseline: the difference is what run_workers adds.
 
     python benchmarks/workers.py [--duration 5] [--repeat 3] [--workers 1,2,4]
+    python benchmarks/workers.py --instructions [--n1 2000 --n2 12000]
+
+The CPU times move with whatever else runs on the machine; ``--instructions``
+runs the same tree under ``valgrind --tool=callgrind --trace-children=yes``
+twice (N1 and N2 requests) and divides the difference of the summed totals of
+all processes by N2 - N1: user-space instructions per request, start-up and
+imports cancelled, supervisor and heartbeats included.
 
 Load: framed RPC (4-byte length + 64 B), 100 connections, depth 1 (netpoll's
 rpc_on_request in each worker, on asyncio).
@@ -116,13 +123,79 @@ def one_run(tools: Any, n: int, args: argparse.Namespace, plain: bool) -> dict[s
         log_path.unlink(missing_ok=True)
 
 
+def instructions(n_workers: int, n: int, loadgen: str) -> int:
+    """User-space instructions of the whole tree (supervisor + workers) for `n` requests."""
+    import shutil
+    import tempfile
+
+    port = harness.free_port("127.0.0.1")
+    out = Path(tempfile.mkdtemp())
+    log_path = out / "log"
+    cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes",
+           f"--callgrind-out-file={out}/cg.%p",
+           sys.executable, "-m", "netpoll", "workers", "workers:serve", "--bind",
+           f"tcp:127.0.0.1:{port}", "--workers", str(n_workers), "--ready-timeout", "600"]
+    server_cpu, _ = harness.cpu_plan()
+    with open(log_path, "wb") as logf:
+        sup = harness._spawn_pinned(server_cpu, cmd, cwd=HERE, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while len(re.findall(r"worker (\d+) ready", log_path.read_text())) < n_workers:
+            if time.monotonic() > deadline or sup.poll() is not None:
+                raise RuntimeError(f"workers did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        subprocess.run([loadgen, "-p", str(port), "-c", "100", "-s", "64", "-d", "1",
+                        "-m", "frame", "-n", str(n), "-w", "0", "-t", "600"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        os.kill(sup.pid, signal.SIGTERM)
+        try:
+            sup.wait(300)
+        except subprocess.TimeoutExpired:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
+    total = 0
+    files = list(out.glob("cg.*"))
+    for f in files:
+        m = re.search(r"^(?:summary|totals):\s+(\d+)", f.read_text(errors="replace"), re.M)
+        if m:
+            total += int(m.group(1))
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"  workers={n_workers} n={n}: {total} instructions in {len(files)} processes",
+          file=sys.stderr, flush=True)
+    return total
+
+
+def main_instructions(args: argparse.Namespace) -> int:
+    loadgen = str(harness.build_tools().loadgen)
+    counts = [int(x) for x in args.workers.split(",")]
+    print("| workers | user instructions / request | vs 1 worker |")
+    print("|---|---|---|")
+    base = None
+    for n in counts:
+        a = instructions(n, args.n1, loadgen)
+        b = instructions(n, args.n2, loadgen)
+        per = (b - a) / (args.n2 - args.n1)
+        base = base or per
+        print(f"| {n} | {per:.0f} | {100 * (per / base - 1):+.1f}% |", flush=True)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workers", default="1,2,4")
+    p.add_argument("--instructions", action="store_true",
+                   help="count user-space instructions per request under callgrind "
+                        "(noise-free; slow) instead of timing CPU")
+    p.add_argument("--n1", type=int, default=2000)
+    p.add_argument("--n2", type=int, default=12000)
     args = p.parse_args()
+    if args.instructions:
+        return main_instructions(args)
     tools = harness.build_tools()
     counts = [int(x) for x in args.workers.split(",")]
     kinds = ["run_workers", "plain"]

@@ -1027,6 +1027,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--cpu-affinity", action="store_true", help="pin worker i to CPU i mod ncpu")
     p.add_argument("--no-reuse-port", action="store_true",
                    help="one socket shared by all workers instead of SO_REUSEPORT")
+    p.add_argument("--ready-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a worker not ready this long after its start is killed (default 30)")
     p.add_argument("--stats", type=float, default=None, metavar="SECONDS",
                    help="log per-worker request/connection counts every SECONDS "
                         "(SIGUSR1 logs them once)")
@@ -1046,7 +1048,7 @@ def main_from_args(args: Any) -> int:
                            max_requests_jitter=args.max_requests_jitter,
                            cpu_affinity=args.cpu_affinity,
                            reuse_port=False if args.no_reuse_port else None,
-                           stats_interval=args.stats)
+                           stats_interval=args.stats, ready_timeout=args.ready_timeout)
     except WorkerStartError as exc:
         if exc.details:
             print(exc.details.rstrip(), file=sys.stderr)
