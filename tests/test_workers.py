@@ -496,6 +496,35 @@ def test_workers_drain_when_the_supervisor_is_killed(start: Any) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_asyncio_server_drains_through_a_hook(start: Any) -> None:
+    sup = start(workers=1, serve="workers_app:serve_asyncio")
+    (pid,) = sup.ready_pids(1)
+    port = sup.port()
+
+    async def main() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"ping\n")
+            assert int(await reader.readline()) == pid
+            writer.write(b"slow\n")             # in flight when the signal comes
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            sup.send(signal.SIGTERM)
+            return int(await asyncio.wait_for(reader.readline(), 5))
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    assert run(main()) == pid
+    assert sup.proc.wait(10) == 0, sup.text()
+    assert "asyncio server drained" in sup.text()
+    assert_no_orphans(sup)
+
+
+@pytest.mark.timeout(30)
 def test_bind_error_is_reported(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
