@@ -332,11 +332,13 @@ def test_kill9_under_load(start: Any) -> None:
     assert_no_orphans(sup)
 
 
-@pytest.mark.timeout(40)
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_sighup_under_load_loses_nothing(start: Any, loop: str) -> None:
-    # The issue asks for 10 s of load; 4 s covers a whole reload of 2 workers
-    # (about 1 s here) with margin, and keeps the suite short.
+    # The issue asks for 10 s of load; 4 s (the default here) covers a whole
+    # reload of 2 workers (about 1 s) with margin and keeps the suite short.
+    # NETPOLL_WORKERS_HUP_SECONDS=10 runs the issue's length.
+    seconds = float(os.environ.get("NETPOLL_WORKERS_HUP_SECONDS", "4"))
     sup = start(*(["--uvloop"] if loop == "uvloop" else []), workers=2)
     old = set(sup.ready_pids(2))
     port = sup.port()
@@ -346,7 +348,7 @@ def test_sighup_under_load_loses_nothing(start: Any, loop: str) -> None:
         load.start()
         await asyncio.sleep(1.0)
         sup.send(signal.SIGHUP)
-        t_end = time.monotonic() + 3.0
+        t_end = time.monotonic() + seconds - 1.0
         while time.monotonic() < t_end or sup.text().count("stopped after draining") < 2:
             await asyncio.sleep(0.05)
             if time.monotonic() > t_end + 8:
