@@ -4,7 +4,8 @@ A line protocol: each request is one line; the answer is ``<pid>\\n`` of the
 worker that answered, so a test sees which worker served it.
 
 * ``ping``  answered at once
-* ``slow``  answered after 0.3 s (a request in flight during a drain)
+* ``slow``  answered after 0.3 s
+* ``slow1`` answered after 1 s (a request in flight when a drain begins)
 * ``block`` blocks the worker's event loop for 60 s (the heartbeat timeout)
 
 ``serve`` is a plain EventLoop server; ``serve_asyncio`` the same protocol
@@ -34,6 +35,8 @@ async def on_request(ctx: Any, conn: Any) -> None:
     line = bytes(await conn.until(b"\n")).strip()
     if line == b"slow":
         await asyncio.sleep(0.3)
+    elif line == b"slow1":
+        await asyncio.sleep(1.0)
     elif line == b"block":
         time.sleep(60)
     conn.write_binary(PID_LINE)
