@@ -559,6 +559,64 @@ def test_asyncio_server_drains_through_a_hook(start: Any) -> None:
     assert_no_orphans(sup)
 
 
+SCRIPT = """
+import os, sys
+import netpoll
+
+async def on_request(ctx, conn):
+    await conn.skip(conn.len())
+    conn.write_binary(f"{os.getpid()}\\n".encode())
+    await conn.flush()
+
+async def serve(listener):
+    await netpoll.EventLoop(on_request).serve(listener)
+
+if __name__ == "__main__":
+    print("main ran", flush=True)
+    sys.exit(netpoll.run_workers(serve, workers=1, bind="unix:" + sys.argv[1]))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_run_workers_from_a_main_script_on_a_unix_socket(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    path = str(tmp_path / "s.sock")
+    log_path = tmp_path / "log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(script), path], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        while "ready" not in log_path.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
+            time.sleep(0.02)
+
+        async def ask() -> int:
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                writer.write(b"x")
+                return int(await asyncio.wait_for(reader.readline(), 5))
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+        pid = run(ask())
+        assert pid != proc.pid
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(15) == 0, log_path.read_text()
+        # the worker loaded the script under another name: its __main__ block ran once
+        assert log_path.read_text().count("main ran") == 1
+        assert not os.path.exists(path)           # the supervisor removed its socket file
+        assert not group_members(proc.pid)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
+
 @pytest.mark.timeout(30)
 def test_bind_error_is_reported(tmp_path: Path) -> None:
     with socket.socket() as taken:
