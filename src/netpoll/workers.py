@@ -558,7 +558,6 @@ class _Supervisor:
         self.exit_status = 0
         self.reload_queue: list[_Slot] = []
         self.next_stats = 0.0
-        self.retired: set[int] = set()
 
     # sockets -------------------------------------------------------------------
 
