@@ -50,6 +50,31 @@ async def serve(listener: Any) -> None:
     await netpoll.EventLoop(rpc_on_request).serve(listener)
 
 
+def _kill_group(proc: subprocess.Popen[Any]) -> None:
+    """Leave nothing behind: SIGKILL what is left of the process group, then reap."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
+                return True
+    return False
+
+
 def worker_cpu(pids: list[int]) -> list[float]:
     out = []
     for pid in pids:
@@ -116,12 +141,17 @@ def one_run(tools: Any, n: int, args: argparse.Namespace, plain: bool) -> dict[s
         res["parent_cpu_s"] = sup1 - sup0       # the supervisor's own CPU (ticks: 10 ms)
         return res
     finally:
-        os.kill(sup.pid, signal.SIGTERM)
+        # run_workers: the supervisor drains its workers; plain: the parent only
+        # waits, so its servers get the signal through the process group.
+        if plain:
+            os.killpg(sup.pid, signal.SIGTERM)
+        else:
+            os.kill(sup.pid, signal.SIGTERM)
         try:
             sup.wait(20)
         except subprocess.TimeoutExpired:
-            os.killpg(sup.pid, signal.SIGKILL)
-            sup.wait()
+            pass
+        _kill_group(sup)
         log_path.unlink(missing_ok=True)
 
 
@@ -185,8 +215,8 @@ def instructions(n_workers: int, n: int, loadgen: str,
         try:
             sup.wait(300)
         except subprocess.TimeoutExpired:
-            os.killpg(sup.pid, signal.SIGKILL)
-            sup.wait()
+            pass
+        _kill_group(sup)
         for f in out.iterdir():
             f.unlink()
         out.rmdir()
