@@ -37,6 +37,7 @@ from netpoll.net import (
     create_listener,
     dial_connection,
 )
+from netpoll.workers import run_workers  # stdlib imports only: cheap
 
 __version__ = "0.1.0"
 
@@ -71,4 +72,5 @@ __all__ = [
     "new_reader",
     "new_writer",
     "protocols",
+    "run_workers",
 ]

@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     rpc = sub.add_parser("rpc-server", help="run the length-prefixed RPC server "
                                             "(4-byte big-endian length + payload)")
     _server_args(rpc)
+    from netpoll.workers import add_arguments as workers_arguments
+
+    workers_arguments(sub.add_parser("workers", help="run module:serve on N worker processes "
+                                                     "under a supervisor (docs/workers.md)"))
     if argv and argv[0] == "bench":
         from netpoll.bench import main as bench_main
 
@@ -41,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "workers":
+        from netpoll.workers import main_from_args
+
+        return main_from_args(args)
     from netpoll.servers import run_server
 
     kind = "echo" if args.command == "echo" else "rpc"
