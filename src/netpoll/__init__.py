@@ -6,9 +6,10 @@ A Python port of CloudWeGo Netpoll. ``import netpoll`` is all a user needs;
 
 from __future__ import annotations
 
-from netpoll import mux
+from netpoll import mux, transports
 from netpoll._buffer import LinkBuffer
 from netpoll._core import Connection, EventLoop, configure, new_fd_connection
+from netpoll._loop import loop_factory, run
 from netpoll.errors import (
     ConcurrentAccessError,
     ConnectionClosedError,
@@ -41,6 +42,9 @@ __all__ = [
     "convert_listener",
     "create_listener",
     "dial_connection",
+    "loop_factory",
     "mux",
     "new_fd_connection",
+    "run",
+    "transports",
 ]
