@@ -55,8 +55,13 @@ import errno
 import os
 import socket
 import warnings
-from asyncio import base_events, constants, selector_events, sslproto, trsock, unix_events
+from asyncio import base_events as _base_events
+from asyncio import constants
+from asyncio import selector_events as _selector_events
+from asyncio import sslproto as _sslproto
 from asyncio import transports as _transports
+from asyncio import trsock as _trsock
+from asyncio import unix_events as _unix_events
 from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
@@ -77,6 +82,14 @@ __all__ = [
     "start_tls",
     "start_unix_server",
 ]
+
+# asyncio's private parts this module builds on (typeshed does not declare them)
+base_events: Any = _base_events
+selector_events: Any = _selector_events
+sslproto: Any = _sslproto
+trsock: Any = _trsock
+unix_events: Any = _unix_events
+_FlowControlMixin: Any = _transports._FlowControlMixin
 
 _TCP_CLOSE = 7  # include/net/tcp_states.h: the state a reset leaves a socket in
 _DEFAULT_LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
@@ -99,7 +112,7 @@ def _peer_reset(sock: socket.socket) -> bool:
     return info[0] == _TCP_CLOSE
 
 
-class NetpollTransport(_transports._FlowControlMixin, _transports.Transport):
+class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[misc]
     """An asyncio stream transport whose reads are done by netpoll's pollers.
 
     Behaves as asyncio's ``_SelectorSocketTransport`` (the same callbacks in
@@ -121,7 +134,7 @@ class NetpollTransport(_transports._FlowControlMixin, _transports.Transport):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        super().__init__(extra, loop)
+        super().__init__(extra, loop)  # type: ignore[call-arg]
         self._loop: asyncio.AbstractEventLoop = loop
         self._tsock = trsock.TransportSocket(sock)
         self._extra["socket"] = self._tsock
@@ -442,7 +455,7 @@ class NetpollTransport(_transports._FlowControlMixin, _transports.Transport):
     def get_write_buffer_size(self) -> int:
         return len(self._buffer)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
@@ -569,7 +582,7 @@ class _RouteMixin:
 
 _Base = base_events.BaseEventLoop
 _Sel = selector_events.BaseSelectorEventLoop
-_Unix = unix_events._UnixSelectorEventLoop  # type: ignore[attr-defined]
+_Unix = unix_events._UnixSelectorEventLoop
 
 
 class _BorrowedMixin(_RouteMixin):
