@@ -1,7 +1,7 @@
 """CPython's own asyncio tests, run with netpoll's loop installed.
 
-``test.test_asyncio.test_streams``, ``test_server``, ``test_buffered_proto``
-and the socket-transport tests of ``test_events`` run in a subprocess in
+``test.test_asyncio.test_streams``, ``test_server``, ``test_buffered_proto``,
+``test_sslproto`` and the socket-transport tests of ``test_events`` run in a subprocess in
 which every selector event loop asyncio makes — ``asyncio.new_event_loop()``,
 the default policy's loops and ``asyncio.SelectorEventLoop(...)`` — is the
 netpoll loop (``netpoll.loop_factory()`` over stock asyncio), so each
@@ -61,6 +61,7 @@ SUITES = {
     "test_server": [],
     "test_buffered_proto": [],
     "test_events": ["EPollEventLoopTests"],
+    "test_sslproto": [],  # start_tls and ssl= over netpoll transports (asyncio's SSLProtocol)
 }
 
 
