@@ -257,8 +257,15 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
             return
         if self._buffered:
             self._deliver_buffered(conn.input)
-        else:
-            self._deliver(conn.input)
+            return
+        buf = conn.input
+        data = buf.read_binary(len(buf))
+        try:
+            self._protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
     def _deliver(self, buf: Any) -> None:
         n = len(buf)
