@@ -449,3 +449,66 @@ def test_netpoll_run_and_loop_factory(kind: str) -> None:
     assert netpoll.run(main(), base=base).startswith("Netpoll")
     with pytest.raises(TypeError):
         netpoll.loop_factory(base=42)  # type: ignore[arg-type]
+
+
+def test_sendfile_fallback_and_writelines(np_run: Callable[..., Any], tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    payload = bytes(range(256)) * 1000
+    path.write_bytes(payload)
+
+    async def main(api: Any) -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.create_server(("127.0.0.1", 0))
+        lsock.setblocking(False)
+        rec = Recorder()
+        connecting = asyncio.ensure_future(
+            api.create_connection(lambda: rec, *lsock.getsockname()))
+        peer, _ = await loop.sock_accept(lsock)
+        tr, _ = await connecting
+        try:
+            if type(loop).sendfile is asyncio.AbstractEventLoop.sendfile:
+                tr.write(payload)  # a plain uvloop loop has no sendfile at all
+            else:
+                with open(path, "rb") as f:
+                    sent = await loop.sendfile(tr, f)
+                assert sent == len(payload)
+            tr.writelines([b"a", bytearray(b"b"), memoryview(b"c")])
+            got = bytearray()
+            while len(got) < len(payload) + 3:
+                got += await loop.sock_recv(peer, 1 << 16)
+            assert bytes(got) == payload + b"abc"
+        finally:
+            tr.close()
+            await rec.lost
+            peer.close()
+            lsock.close()
+
+    np_run(main)
+
+
+def test_set_protocol_switches_callbacks(np_run: Callable[..., Any]) -> None:
+    async def main(api: Any) -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.create_server(("127.0.0.1", 0))
+        lsock.setblocking(False)
+        first = Recorder()
+        connecting = asyncio.ensure_future(
+            api.create_connection(lambda: first, *lsock.getsockname()))
+        peer, _ = await loop.sock_accept(lsock)
+        tr, _ = await connecting
+        await loop.sock_sendall(peer, b"one")
+        while first.data != b"one":
+            await asyncio.sleep(0.001)
+        second = Recorder()
+        tr.set_protocol(second)
+        assert tr.get_protocol() is second
+        await loop.sock_sendall(peer, b"two")
+        while second.data != b"two":
+            await asyncio.sleep(0.001)
+        assert first.data == b"one"
+        peer.close()
+        assert await second.lost is None
+        assert second.events == ["data", "eof", "lost"]
+        lsock.close()
+
+    np_run(main)

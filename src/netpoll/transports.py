@@ -604,6 +604,9 @@ class _BorrowedMixin(_RouteMixin):
     create_server: Any = _Base.create_server
     connect_accepted_socket: Any = _Base.connect_accepted_socket
     start_tls: Any = _Base.start_tls
+    sendfile: Any = _Base.sendfile  # uvloop has none; asyncio's fallback over the transport
+    _sendfile_native: Any = _Base._sendfile_native
+    _sendfile_fallback: Any = _Base._sendfile_fallback
     create_unix_connection: Any = _Unix.create_unix_connection
     create_unix_server: Any = _Unix.create_unix_server
     _create_connection_transport: Any = _Base._create_connection_transport
