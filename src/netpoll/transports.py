@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import os
 import socket
 import warnings
@@ -90,6 +91,10 @@ sslproto: Any = _sslproto
 trsock: Any = _trsock
 unix_events: Any = _unix_events
 _FlowControlMixin: Any = _transports._FlowControlMixin
+
+# Python 3.13's Server keeps its transports (close_clients/abort_clients):
+# _attach(transport) / _detach(transport); before, a bare count.
+_SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).parameters) > 1
 
 _TCP_CLOSE = 7  # include/net/tcp_states.h: the state a reset leaves a socket in
 _DEFAULT_LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
@@ -163,7 +168,10 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
         self._peer_closed: Connection | None = None  # closed by the peer: its leftover input
         self._peer_reset = False
         if server is not None:
-            server._attach()
+            if _SERVER_TRACKS_TRANSPORTS:
+                server._attach(self)
+            else:
+                server._attach()
         base_events._set_nodelay(sock)
         conn = new_fd_connection(self._sock_fd)
         self._sock = sock
@@ -446,7 +454,10 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
             self._protocol = None
             server = self._server
             if server is not None:
-                server._detach()
+                if _SERVER_TRACKS_TRANSPORTS:
+                    server._detach(self)
+                else:
+                    server._detach()
                 self._server = None
 
     # -- writing (asyncio's algorithm) ---------------------------------------------
