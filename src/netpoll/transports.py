@@ -633,6 +633,15 @@ class _BorrowedMixin(_RouteMixin):
     def _debug(self) -> bool:
         return bool(self._np_loop.get_debug())
 
+    @property
+    def _unix_server_sockets(self) -> dict[Any, Any]:
+        # Python 3.13's create_unix_server/_stop_serving record the socket paths
+        # to unlink at close here.
+        found: dict[Any, Any] | None = self.__dict__.get("_np_unix_server_sockets")
+        if found is None:
+            found = self.__dict__["_np_unix_server_sockets"] = {}
+        return found
+
     def _add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None:
         self._np_loop.add_reader(fd, callback, *args)
 
