@@ -14,8 +14,10 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,6 +72,14 @@ async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif msg["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/loop":
+        import netpoll.transports
+
+        loop = asyncio.get_running_loop()
+        name = type(loop).__name__ if netpoll.transports.is_netpoll_loop(loop) else "not netpoll"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": name.encode()})
+        return
     body = b""
     while True:
         msg = await receive()
@@ -166,6 +176,40 @@ def test_uvicorn_wrk(np_loop_run: Callable[..., Any], made: list[int],
     assert m is not None and int(m.group(1)) > 100, out
     assert "Non-2xx" not in out and "Socket errors" not in out, out
     assert made[0] >= 20
+
+
+@pytest.mark.parametrize("factory", ["new_event_loop", "new_uvloop_event_loop"])
+def test_uvicorn_cli_loop_option(factory: str) -> None:
+    """``uvicorn --loop netpoll.transports:new_event_loop`` (uvicorn >= 0.36)."""
+    uvicorn = pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    if not hasattr(uvicorn.Config, "get_loop_factory"):
+        pytest.skip("this uvicorn takes no loop factory in --loop (needs >= 0.36)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent),
+         "test_frameworks:_asgi_app", "--host", "127.0.0.1", "--port", str(port),
+         "--http", "httptools", "--loop", f"netpoll.transports:{factory}",
+         "--lifespan", "off", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/loop", timeout=2)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert r.status_code == 200 and r.text.startswith("Netpoll"), r.text
+        assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=2).text == "hello, /x"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+        assert proc.returncode in (0, -15), out
 
 
 # -- aiohttp -------------------------------------------------------------------------

@@ -77,6 +77,8 @@ __all__ = [
     "create_unix_connection",
     "create_unix_server",
     "is_netpoll_loop",
+    "new_event_loop",
+    "new_uvloop_event_loop",
     "open_connection",
     "open_unix_connection",
     "start_server",
@@ -684,6 +686,26 @@ def _netpoll_class(cls: type) -> type:
 def is_netpoll_loop(loop: asyncio.AbstractEventLoop) -> bool:
     """True if the loop's transports are netpoll's (made by ``netpoll.loop_factory``)."""
     return isinstance(loop, _RouteMixin)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new netpoll loop over stock asyncio (``netpoll.loop_factory()()``).
+
+    Importable by name where a tool takes a loop factory, e.g.
+    ``uvicorn app:app --loop netpoll.transports:new_event_loop``.
+    """
+    from netpoll._loop import loop_factory
+
+    return loop_factory()()
+
+
+def new_uvloop_event_loop() -> asyncio.AbstractEventLoop:
+    """A new netpoll loop over uvloop (``netpoll.loop_factory(uvloop.new_event_loop)()``)."""
+    import uvloop
+
+    from netpoll._loop import loop_factory
+
+    return loop_factory(uvloop.new_event_loop)()
 
 
 def _route() -> Any:
