@@ -512,3 +512,61 @@ def test_set_protocol_switches_callbacks(np_run: Callable[..., Any]) -> None:
         lsock.close()
 
     np_run(main)
+
+
+def test_peer_fin_with_unsent_output_still_delivers_it(np_run: Callable[..., Any]) -> None:
+    """The peer's FIN closes the core's side; queued output must still go out whole."""
+    big = bytes(range(256)) * 16384  # 4 MiB: more than the socket buffers hold
+
+    class Sender(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.transport.write(big)
+
+    async def main(api: Any) -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.create_server(("127.0.0.1", 0))
+        lsock.setblocking(False)
+        rec = Sender()
+        connecting = asyncio.ensure_future(
+            api.create_connection(lambda: rec, *lsock.getsockname()))
+        peer, _ = await loop.sock_accept(lsock)
+        tr, _ = await connecting
+        assert tr.get_write_buffer_size() > 0
+        peer.shutdown(socket.SHUT_WR)  # FIN while the transport still has output queued
+        await asyncio.sleep(0.05)
+        got = bytearray()
+        while True:
+            chunk = await loop.sock_recv(peer, 1 << 16)
+            if not chunk:
+                break
+            got += chunk
+        assert len(got) == len(big) and bytes(got) == big
+        assert await rec.lost is None
+        flow = [e for e in rec.events if e not in ("pause", "resume")]
+        assert flow == ["made", "eof", "lost"], rec.events
+        assert rec.events.count("pause") == rec.events.count("resume") == 1, rec.events
+        peer.close()
+        lsock.close()
+
+    np_run(main)
+
+
+def test_eof_received_error_is_fatal_for_that_transport(np_run: Callable[..., Any]) -> None:
+    class BadEof(Recorder):
+        def eof_received(self) -> bool:
+            raise RuntimeError("bad eof")
+
+    async def main(api: Any) -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        a, b = socket.socketpair()
+        rec = BadEof()
+        await api.connect_accepted_socket(lambda: rec, a)
+        b.close()
+        exc = await rec.lost
+        assert isinstance(exc, RuntimeError)
+        assert errors[0]["message"] == "Fatal error: protocol.eof_received() call failed."
+
+    np_run(main)
