@@ -570,3 +570,29 @@ def test_eof_received_error_is_fatal_for_that_transport(np_run: Callable[..., An
         assert errors[0]["message"] == "Fatal error: protocol.eof_received() call failed."
 
     np_run(main)
+
+
+def test_buffered_protocol_bad_buffer_closes_its_transport(np_run: Callable[..., Any]) -> None:
+    class ReadOnly(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.lost: asyncio.Future[BaseException | None] = \
+                asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint: int) -> bytes:
+            return b"read-only"
+
+        def buffer_updated(self, nbytes: int) -> None:
+            raise AssertionError("never: the buffer cannot be filled")
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main(api: Any) -> None:
+        a, b = socket.socketpair()
+        proto = ReadOnly()
+        await api.connect_accepted_socket(lambda: proto, a)
+        b.send(b"data")
+        assert isinstance(await proto.lost, TypeError)
+        b.close()
+
+    np_run(main)

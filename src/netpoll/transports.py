@@ -301,9 +301,13 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
-            with memoryview(dst) as view, view.cast("B") as flat:
-                m = min(len(flat), n)
-                flat[:m] = buf.next(m)
+            try:
+                with memoryview(dst) as view, view.cast("B") as flat:
+                    m = min(len(flat), n)
+                    flat[:m] = buf.next(m)
+            except (TypeError, ValueError) as exc:  # e.g. a read-only buffer, as recv_into says
+                self._fatal_error(exc, "Fatal read error on socket transport")
+                return
             n -= m
             try:
                 self._protocol.buffer_updated(m)
