@@ -4,11 +4,12 @@
 ``test_sslproto`` and the socket-transport tests of ``test_events`` run in a subprocess in
 which every selector event loop asyncio makes — ``asyncio.new_event_loop()``,
 the default policy's loops and ``asyncio.SelectorEventLoop(...)`` — is the
-netpoll loop (``netpoll.loop_factory()`` over stock asyncio), so each
-Protocol, Streams and Server test runs on netpoll transports.
+netpoll loop (``netpoll.loop_factory()`` over stock asyncio, and again over
+uvloop), so each Protocol, Streams and Server test runs on netpoll transports.
 
 The tests excluded, and why, are in ``EXCLUDED`` below and in docs/asyncio.md.
-Run one suite by hand: ``python tests/test_asyncio_stdlib.py test_streams -v``.
+Run one suite by hand: ``python tests/test_asyncio_stdlib.py test_streams -v``
+(``NETPOLL_STDLIB_BASE=uvloop`` for the uvloop base).
 """
 
 from __future__ import annotations
@@ -65,14 +66,24 @@ SUITES = {
 }
 
 
-def _install() -> None:
+def _install(base: str = "asyncio") -> None:
     """Make every selector loop asyncio creates a netpoll loop."""
     import asyncio
     import asyncio.unix_events as ue
 
     from netpoll.transports import _netpoll_class
 
-    cls = _netpoll_class(ue._UnixSelectorEventLoop)
+    if base == "uvloop":
+        import uvloop
+
+        uv_cls = _netpoll_class(uvloop.Loop)
+        # test.test_asyncio.utils.close_loop reads this asyncio-only attribute
+        uv_cls._default_executor = None  # type: ignore[attr-defined]
+
+        def cls(selector: object = None) -> asyncio.AbstractEventLoop:  # type: ignore[misc]
+            return uv_cls()  # type: ignore[no-any-return]
+    else:
+        cls = _netpoll_class(ue._UnixSelectorEventLoop)
     asyncio.SelectorEventLoop = cls  # type: ignore[misc]
     ue.SelectorEventLoop = cls
     ue._UnixDefaultEventLoopPolicy._loop_factory = cls
@@ -92,7 +103,7 @@ def main(argv: list[str]) -> int:
     import importlib
     import unittest
 
-    _install()
+    _install(os.environ.get("NETPOLL_STDLIB_BASE", "asyncio"))
     name = argv[0]
     module = importlib.import_module(f"test.test_asyncio.{name}")
     _skip_excluded(module)
@@ -127,11 +138,14 @@ def _have_test_package() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("base", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("suite", list(SUITES))
-def test_stdlib_suite(suite: str) -> None:
+def test_stdlib_suite(suite: str, base: str) -> None:
     if not _have_test_package():
         pytest.skip("this Python build has no test.test_asyncio package")
-    env = dict(os.environ, PYTHONDEVMODE="0")
+    if base == "uvloop":
+        pytest.importorskip("uvloop")
+    env = dict(os.environ, PYTHONDEVMODE="0", NETPOLL_STDLIB_BASE=base)
     proc = subprocess.run(
         [sys.executable, str(HERE), suite],
         capture_output=True, text=True, timeout=110, env=env,
