@@ -64,6 +64,19 @@ def peers(mode: str) -> dict[str, list[str]]:
                              "--port", "{port}"],
         "uvloop Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "protocol",
                             "--port", "{port}", "--uvloop"],
+        # the same Protocol server, unchanged, on netpoll.loop_factory() transports
+        "np-tr Protocol (asyncio)": [PY, "benchmarks/transport_peer.py", "--kind", "protocol",
+                                     "--port", "{port}"],
+        "np-tr Protocol (uvloop)": [PY, "benchmarks/transport_peer.py", "--kind", "protocol",
+                                    "--port", "{port}", "--uvloop"],
+        "asyncio Streams": [PY, "-m", "netpoll.bench.peers", "--kind", "streams",
+                            "--port", "{port}"],
+        "uvloop Streams": [PY, "-m", "netpoll.bench.peers", "--kind", "streams",
+                           "--port", "{port}", "--uvloop"],
+        "np-tr Streams (asyncio)": [PY, "benchmarks/transport_peer.py", "--kind", "streams",
+                                    "--port", "{port}"],
+        "np-tr Streams (uvloop)": [PY, "benchmarks/transport_peer.py", "--kind", "streams",
+                                   "--port", "{port}", "--uvloop"],
     }
 
 

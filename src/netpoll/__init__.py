@@ -6,9 +6,10 @@ A Python port of CloudWeGo Netpoll. ``import netpoll`` is all a user needs;
 
 from __future__ import annotations
 
-from netpoll import mux, protocols
+from netpoll import mux, protocols, transports
 from netpoll._buffer import LinkBuffer
 from netpoll._core import Connection, EventLoop, configure, get_config, new_fd_connection
+from netpoll._loop import loop_factory, run
 from netpoll.adapters import (
     new_io_read_writer,
     new_io_reader,
@@ -63,6 +64,7 @@ __all__ = [
     "convert_listener",
     "create_listener",
     "dial_connection",
+    "loop_factory",
     "mux",
     "new_fd_connection",
     "new_io_read_writer",
@@ -73,4 +75,6 @@ __all__ = [
     "new_writer",
     "protocols",
     "run_workers",
+    "run",
+    "transports",
 ]

@@ -1,0 +1,36 @@
+"""A netpoll.bench.peers server on the netpoll loop (``netpoll.loop_factory``).
+
+Same arguments as ``python -m netpoll.bench.peers``; ``--uvloop`` picks uvloop as
+the base loop. The peer's unchanged asyncio code (``loop.create_server`` with a
+Protocol, or ``asyncio.start_server``) then runs on netpoll transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import netpoll
+from netpoll.bench import peers
+
+
+def main() -> int:
+    base: Any = asyncio.SelectorEventLoop  # not new_event_loop: the policy below calls us
+    if "--uvloop" in sys.argv:
+        import uvloop
+
+        base = uvloop.new_event_loop
+    factory = netpoll.loop_factory(base)
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return factory()
+
+    asyncio.set_event_loop_policy(Policy())
+    asyncio.set_event_loop_policy = lambda policy: None  # type: ignore[assignment]
+    return peers.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
