@@ -14,11 +14,17 @@ request path, and use the echo harness for throughput and latency.
 
     python benchmarks/instructions.py                  # echo 1 KiB x 50 connections
     python benchmarks/instructions.py --mode frame --size 64 --depth 16
+    python benchmarks/instructions.py --only "uvloop Protocol,aiofastnet (uvloop)"
+
+The aiofastnet peers (the same Protocol servers on aiofastnet's transports,
+over asyncio and over uvloop) run when aiofastnet is installed
+(``pip install 'netpoll[aiofastnet]'``); otherwise they are skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -48,23 +54,32 @@ def build_loadgen() -> str:
 
 def peers(mode: str) -> dict[str, list[str]]:
     if mode == "frame":
-        return {
+        out = {
             "netpoll (asyncio)": [PY, "-m", "netpoll", "rpc-server", "--port", "{port}"],
             "netpoll (uvloop)": [PY, "-m", "netpoll", "rpc-server", "--port", "{port}",
                                  "--uvloop"],
-            "asyncio Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "rpc-protocol",
-                                 "--port", "{port}"],
-            "uvloop Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "rpc-protocol",
-                                "--port", "{port}", "--uvloop"],
         }
-    return {
-        "netpoll (asyncio)": [PY, "-m", "netpoll", "echo", "--port", "{port}"],
-        "netpoll (uvloop)": [PY, "-m", "netpoll", "echo", "--port", "{port}", "--uvloop"],
-        "asyncio Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "protocol",
-                             "--port", "{port}"],
-        "uvloop Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "protocol",
-                            "--port", "{port}", "--uvloop"],
-    }
+        kind = "rpc-protocol"
+    else:
+        out = {
+            "netpoll (asyncio)": [PY, "-m", "netpoll", "echo", "--port", "{port}"],
+            "netpoll (uvloop)": [PY, "-m", "netpoll", "echo", "--port", "{port}", "--uvloop"],
+        }
+        kind = "protocol"
+    peer = [PY, "-m", "netpoll.bench.peers", "--kind", kind, "--port", "{port}"]
+    out["asyncio Protocol"] = peer
+    out["uvloop Protocol"] = [*peer, "--uvloop"]
+    out["aiofastnet (asyncio)"] = [*peer, "--aiofastnet"]
+    out["aiofastnet (uvloop)"] = [*peer, "--aiofastnet", "--uvloop"]
+    return out
+
+
+def available(argv: list[str]) -> str | None:
+    """None if the peer can run here, else why not."""
+    for mod in ("uvloop", "aiofastnet"):
+        if f"--{mod}" in argv and importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed"
+    return None
 
 
 def count(argv: list[str], loadgen: str, n: int, args: argparse.Namespace) -> int:
@@ -119,6 +134,9 @@ def main() -> int:
     table = []
     for name, argv in peers(args.mode).items():
         if args.only and name not in args.only.split(","):
+            continue
+        if why := available(argv):
+            print(f"{name:20s} skipped: {why}", flush=True)
             continue
         a = count(argv, loadgen, args.n1, args)
         b = count(argv, loadgen, args.n2, args)

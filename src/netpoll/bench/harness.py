@@ -55,6 +55,8 @@ __all__ = [
     "ServerSpec",
     "Tools",
     "BenchError",
+    "HANDLER_STYLES",
+    "ServerRejected",
     "add_run_arguments",
     "build_tools",
     "c_echo_spec",
@@ -64,6 +66,7 @@ __all__ = [
     "find_compiler",
     "format_markdown",
     "format_table",
+    "have_aiofastnet",
     "have_uvloop",
     "machine_info",
     "markdown_report",
@@ -89,6 +92,11 @@ Progress = Callable[[str], None]
 
 class BenchError(RuntimeError):
     """A server or the load generator could not be run."""
+
+
+class ServerRejected(BenchError):
+    """The server exited with status 2 before it was ready: it does not accept its
+    command line (an option it does not know yet).  Skipped, not a failure."""
 
 
 def _stderr(msg: str) -> None:
@@ -188,7 +196,11 @@ class ServerSpec:
     """A server to benchmark: a name and a command with ``{host}``/``{port}`` fields.
 
     `probe`, if given, is a command that must exit 0 for the server to be
-    usable (e.g. ``... --help``); `env` is added to the environment.
+    usable (e.g. ``... --help``); if `probe_expect` is set, the probe's stdout
+    must also contain it (e.g. an option the server must know).  `env` is added
+    to the environment.  A server that exits with status 2 (argparse's "bad
+    command line") before it is ready is skipped, not counted as a failure:
+    that is how an older server says it does not know an option yet.
     """
 
     name: str
@@ -196,6 +208,7 @@ class ServerSpec:
     probe: tuple[str, ...] | None = None
     env: Mapping[str, str] | None = None
     note: str = ""
+    probe_expect: str = ""
 
     def command(self, host: str, port: int) -> list[str]:
         """The argv with ``{host}`` and ``{port}`` filled in."""
@@ -219,13 +232,33 @@ def have_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
-def peer_spec(kind: str, uvloop: bool = False, name: str | None = None) -> ServerSpec:
-    """A baseline server from `peers.py` (run by path: imports nothing from netpoll)."""
+def have_aiofastnet() -> bool:
+    """True if aiofastnet can be imported by the current interpreter."""
+    return importlib.util.find_spec("aiofastnet") is not None
+
+
+def peer_spec(
+    kind: str, uvloop: bool = False, name: str | None = None, aiofastnet: bool = False
+) -> ServerSpec:
+    """A baseline server from `peers.py` (run by path: imports nothing from netpoll).
+
+    `aiofastnet` runs it on aiofastnet's transports over the chosen loop; the
+    name is then ``aiofastnet-<loop>-<kind>`` and the spec is skipped with a
+    note where aiofastnet is not installed.
+    """
     loop = "uvloop" if uvloop else "asyncio"
     argv = [sys.executable, str(PEERS_PY), "--kind", kind, "--host", "{host}", "--port", "{port}"]
     if uvloop:
         argv.append("--uvloop")
-    return ServerSpec(name or f"{loop}-{kind}", tuple(argv))
+    if not aiofastnet:
+        return ServerSpec(name or f"{loop}-{kind}", tuple(argv))
+    argv.append("--aiofastnet")
+    return ServerSpec(
+        name or f"aiofastnet-{loop}-{kind}",
+        tuple(argv),
+        probe=(sys.executable, "-c", "import aiofastnet"),
+        note="aiofastnet is not installed (pip install 'netpoll[aiofastnet]')",
+    )
 
 
 def c_echo_spec(tools: Tools, name: str = "c-echo") -> ServerSpec:
@@ -233,38 +266,70 @@ def c_echo_spec(tools: Tools, name: str = "c-echo") -> ServerSpec:
     return ServerSpec(name, (str(tools.c_echo), "-H", "{host}", "-p", "{port}"))
 
 
-def netpoll_echo_spec(uvloop: bool = False, name: str | None = None) -> ServerSpec:
-    """``python -m netpoll echo`` on the asyncio loop or on uvloop."""
+#: netpoll's handler styles: "async" (``async def on_request``, the default) and
+#: "sync" (a plain ``def on_request`` reading ``conn.input``).  A server is told
+#: the style with ``--handler STYLE``; the default style passes no flag, so it
+#: also runs on servers that predate the option.
+HANDLER_STYLES = ("async", "sync")
+
+
+def _netpoll_name(uvloop: bool, handler: str) -> str:
+    loop = "uvloop" if uvloop else "asyncio"
+    return f"netpoll-{loop}" if handler == "async" else f"netpoll-{handler}-{loop}"
+
+
+def _handler_args(handler: str) -> list[str]:
+    if handler not in HANDLER_STYLES:
+        raise ValueError(f"handler must be one of {HANDLER_STYLES}, not {handler!r}")
+    return [] if handler == "async" else ["--handler", handler]
+
+
+def netpoll_echo_spec(
+    uvloop: bool = False, name: str | None = None, handler: str = "async"
+) -> ServerSpec:
+    """``python -m netpoll echo`` on the asyncio loop or on uvloop.
+
+    `handler` "sync" adds ``--handler sync`` (named ``netpoll-sync-<loop>``);
+    the spec is skipped with a note when the server does not offer the option.
+    """
     argv = [sys.executable, "-m", "netpoll", "echo", "--host", "{host}", "--port", "{port}"]
+    argv += _handler_args(handler)
     if uvloop:
         argv.append("--uvloop")
     return ServerSpec(
-        name or ("netpoll-uvloop" if uvloop else "netpoll-asyncio"),
+        name or _netpoll_name(uvloop, handler),
         tuple(argv),
         probe=(sys.executable, "-m", "netpoll", "echo", "--help"),
-        note="`python -m netpoll echo` is not available (netpoll not built or installed?)",
+        probe_expect="--handler" if handler != "async" else "",
+        note="`python -m netpoll echo` is not available (netpoll not built or installed?)"
+        if handler == "async"
+        else f"`python -m netpoll echo` has no `--handler {handler}` yet",
     )
 
 
 def netpoll_rpc_spec(
-    uvloop: bool = False, script: Path | None = None, name: str | None = None
-) -> ServerSpec:
+    uvloop: bool = False, script: Path | None = None, name: str | None = None,
+    handler: str = "async",
+) -> ServerSpec:  # fmt: skip
     """netpoll's framed RPC server: `script` (examples/rpc_server.py) if given, else
-    ``python -m netpoll rpc-server``."""
+    ``python -m netpoll rpc-server``; `handler` as for `netpoll_echo_spec`."""
     if script is not None:
         base = [sys.executable, str(script)]
         where = str(script)
     else:
         base = [sys.executable, "-m", "netpoll", "rpc-server"]
         where = "`python -m netpoll rpc-server`"
-    argv = [*base, "--host", "{host}", "--port", "{port}"]
+    argv = [*base, "--host", "{host}", "--port", "{port}", *_handler_args(handler)]
     if uvloop:
         argv.append("--uvloop")
     return ServerSpec(
-        name or ("netpoll-uvloop" if uvloop else "netpoll-asyncio"),
+        name or _netpoll_name(uvloop, handler),
         tuple(argv),
         probe=(*base, "--help"),
-        note=f"{where} is not available (missing, or netpoll not built?)",
+        probe_expect="--handler" if handler != "async" else "",
+        note=f"{where} is not available (missing, or netpoll not built?)"
+        if handler == "async"
+        else f"{where} has no `--handler {handler}` yet",
     )
 
 
@@ -274,16 +339,20 @@ _probe_cache: dict[tuple[str, ...], bool] = {}
 def _probe(spec: ServerSpec) -> bool:
     if spec.probe is None:
         return True
-    if spec.probe not in _probe_cache:
+    key = (*spec.probe, "\0", spec.probe_expect)
+    if key not in _probe_cache:
         env = {**os.environ, **(spec.env or {})}
         try:
             proc = subprocess.run(
                 list(spec.probe), capture_output=True, timeout=60, env=env, check=False
             )
-            _probe_cache[spec.probe] = proc.returncode == 0
+            ok = proc.returncode == 0
+            if ok and spec.probe_expect:
+                ok = spec.probe_expect.encode() in proc.stdout
+            _probe_cache[key] = ok
         except (OSError, subprocess.TimeoutExpired):
-            _probe_cache[spec.probe] = False
-    return _probe_cache[spec.probe]
+            _probe_cache[key] = False
+    return _probe_cache[key]
 
 
 def check_available(
@@ -521,7 +590,8 @@ class ServerProcess:
         polls = 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(
+                error = ServerRejected if self.proc.returncode == 2 else BenchError
+                raise error(
                     f"{self.spec.name} exited with {self.proc.returncode}"
                     f" before it was ready:\n{self.stderr_tail()}"
                 )
@@ -735,11 +805,13 @@ def run_suite(
     if progress and cpus == (None, None):
         progress("note: fewer than 2 usable cores: server and loadgen are not pinned")
     runs: list[dict[str, Any]] = []
+    rejected: list[str] = []
     with pinned_to(cpus[1]):
         _run_all(
             usable, cases, tools, repeat, duration, warmup, host, cpus, runs, progress,
-            loadgen_args,
+            loadgen_args, rejected,
         )  # fmt: skip
+    skipped += rejected
     rows = summarize(runs, [c.name for c in cases], [s.name for s in usable])
     if refs:
         add_ratios(rows, refs)
@@ -758,6 +830,7 @@ def _run_all(
     runs: list[dict[str, Any]],
     progress: Progress | None,
     loadgen_args: Sequence[str],
+    rejected: list[str],
 ) -> None:
     total = len(cases) * repeat * len(usable)
     n = 0
@@ -766,6 +839,8 @@ def _run_all(
         for r in range(repeat):
             for spec in usable:  # interleaved: A, B, C, A, B, C, ...
                 n += 1
+                if spec.name in rejected:
+                    continue
                 label = f"[{n}/{total}] {case.name:<22} {spec.name:<22} run {r + 1}/{repeat}"
                 try:
                     res = measure(
@@ -782,6 +857,13 @@ def _run_all(
                         msg += f"  ERRORS {res['errors']}"
                     if (res.get("cpu_pressure_pct") or 0) > BUSY_PRESSURE_PCT:
                         msg += f"  BUSY MACHINE (cpu pressure {res['cpu_pressure_pct']:.0f}%)"
+                except ServerRejected as exc:
+                    rejected.append(spec.name)
+                    if progress:
+                        first = (exc.args[0].splitlines() or [""])[0]
+                        progress(f"note: skipping {spec.name}: the server rejected its command"
+                                 f" line ({first})")
+                    continue
                 except BenchError as exc:
                     res = {"failed": str(exc), "errors": 1}
                     msg = f"FAILED: {str(exc).splitlines()[0]}"
