@@ -63,6 +63,7 @@ __all__ = [
     "check_available",
     "contention_note",
     "default_columns",
+    "draw_chart",
     "find_compiler",
     "format_markdown",
     "format_table",
@@ -71,6 +72,7 @@ __all__ = [
     "machine_info",
     "markdown_report",
     "measure",
+    "measure_refgen",
     "netpoll_echo_spec",
     "netpoll_rpc_spec",
     "peer_spec",
@@ -84,8 +86,13 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 PEERS_PY = HERE / "peers.py"
-SOURCES = {"loadgen": HERE / "loadgen.c", "c_echo": HERE / "c_echo.c"}
+SOURCES = {
+    "loadgen": HERE / "loadgen.c",
+    "c_echo": HERE / "c_echo.c",
+    "refgen": HERE / "refgen.c",
+}
 CFLAGS = ("-O2", "-std=gnu99", "-Wall")
+EXTRA_CFLAGS = {"refgen": ("-pthread",)}
 
 Progress = Callable[[str], None]
 
@@ -108,10 +115,11 @@ def _stderr(msg: str) -> None:
 
 @dataclass(frozen=True)
 class Tools:
-    """Paths of the compiled load generator and C echo server."""
+    """Paths of the compiled load generator, C echo server and reference generator."""
 
     loadgen: Path
     c_echo: Path
+    refgen: Path
 
 
 def find_compiler() -> str | None:
@@ -149,16 +157,17 @@ def _build_one(cc: str, source: Path, name: str, cache: Path, cc_id: str) -> Pat
         text = source.read_bytes()
     except OSError as exc:
         raise BenchError(f"benchmark source {source} is missing from this install") from exc
+    flags = (*CFLAGS, *EXTRA_CFLAGS.get(name, ()))
     digest = hashlib.sha256()
     digest.update(text)
-    digest.update("\0".join((cc, cc_id, *CFLAGS)).encode())
+    digest.update("\0".join((cc, cc_id, *flags)).encode())
     outdir = cache / digest.hexdigest()[:16]
     exe = outdir / name
     if exe.is_file() and os.access(exe, os.X_OK):
         return exe
     outdir.mkdir(parents=True, exist_ok=True)
     tmp = outdir / f".{name}.{os.getpid()}.tmp"
-    cmd = [cc, *CFLAGS, "-o", str(tmp), str(source)]
+    cmd = [cc, *flags, "-o", str(tmp), str(source)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         with contextlib.suppress(OSError):
@@ -169,7 +178,7 @@ def _build_one(cc: str, source: Path, name: str, cache: Path, cc_id: str) -> Pat
 
 
 def build_tools(cache_dir: Path | None = None, cc: str | None = None) -> Tools:
-    """Compile loadgen and c_echo into ``cache_dir/<source hash>/``, reusing old builds.
+    """Compile loadgen, c_echo and refgen into ``cache_dir/<source hash>/``, reusing old builds.
 
     Raises BenchError when no compiler is found or compilation fails.
     """
@@ -185,6 +194,7 @@ def build_tools(cache_dir: Path | None = None, cc: str | None = None) -> Tools:
     return Tools(
         loadgen=_build_one(cc, SOURCES["loadgen"], "loadgen", cache, cc_id),
         c_echo=_build_one(cc, SOURCES["c_echo"], "c_echo", cache, cc_id),
+        refgen=_build_one(cc, SOURCES["refgen"], "refgen", cache, cc_id),
     )
 
 
@@ -760,6 +770,63 @@ def measure(
     return result
 
 
+def run_refgen(
+    tools: Tools,
+    host: str,
+    port: int,
+    case: Case,
+    duration: float,
+    warmup: float,
+    client_cpu: int | None = None,
+) -> dict[str, Any]:
+    """Run the reference generator (refgen.c) once: a cross-check of loadgen.
+
+    It shares no code or design with loadgen (one blocking thread per
+    connection), so a server that loadgen measures differently from refgen
+    points at loadgen.  Ping-pong only (`case.depth` must be 1), no idle
+    connections, no latencies: requests, seconds, rps, errors.
+    """
+    if case.depth != 1 or case.idle:
+        raise ValueError("refgen drives ping-pong connections only (depth 1, no idle)")
+    argv = [
+        str(tools.refgen), "-H", host, "-p", str(port), "-c", str(case.connections),
+        "-s", str(case.size), "-m", case.mode, "-t", str(duration), "-w", str(warmup),
+    ]  # fmt: skip
+    try:
+        proc = _spawn_pinned(
+            client_cpu, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = proc.communicate(timeout=warmup + duration + 60)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
+        raise BenchError("refgen did not finish in time") from exc
+    try:
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise BenchError(f"refgen failed (exit {proc.returncode}): {err[-1000:]}") from exc
+    return result
+
+
+def measure_refgen(
+    spec: ServerSpec,
+    case: Case,
+    tools: Tools,
+    duration: float,
+    warmup: float,
+    host: str = "127.0.0.1",
+    cpus: tuple[int | None, int | None] | None = None,
+) -> dict[str, Any]:
+    """`measure`, but driven by refgen instead of loadgen (throughput only)."""
+    server_cpu, client_cpu = cpus if cpus is not None else cpu_plan()
+    port = free_port(host)
+    with ServerProcess(spec, host, port, server_cpu) as server:
+        result = run_refgen(tools, host, port, case, duration, warmup, client_cpu)
+        if not server.alive():
+            result["errors"] = max(1, int(result.get("errors", 0)))
+    return result
+
+
 # ---------------------------------------------------------------- suites
 
 _MEDIAN_KEYS = (
@@ -899,6 +966,9 @@ def summarize(
                 row[key] = statistics.median(vals) if vals else None
             if len(ok) < len(group):
                 row["failed"] = len(group) - len(ok)
+            pressures = [float(r.get("cpu_pressure_pct") or 0) for r in ok]
+            row["busy_runs"] = sum(p > BUSY_PRESSURE_PCT for p in pressures)
+            row["max_cpu_pressure_pct"] = max(pressures, default=None)
             rows.append(row)
     return rows
 
@@ -966,11 +1036,36 @@ def _cell(row: Mapping[str, Any], col: Column) -> str:
     return str(v)
 
 
+BUSY_COLUMN = Column("busy", "busy")
+
+
+def _busy_cell(row: Mapping[str, Any]) -> str | None:
+    n = row.get("busy_runs") or 0
+    if not n:
+        return None
+    return f"! {n}/{row.get('runs', n)} runs"
+
+
+def _with_busy(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]
+) -> tuple[list[Mapping[str, Any]], list[Column]]:
+    """Add a "busy" column marking rows whose runs had CPU competition, if any had."""
+    if not any(r.get("busy_runs") for r in rows) or any(c.key == "busy" for c in columns):
+        return list(rows), list(columns)
+    marked: list[Mapping[str, Any]] = [{**r, "busy": _busy_cell(r)} for r in rows]
+    return marked, [*columns, BUSY_COLUMN]
+
+
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    """A plain-text table with aligned columns (text left, numbers right)."""
+    """A plain-text table with aligned columns (text left, numbers right).
+
+    Rows whose runs had other processes competing for the CPUs get a "busy"
+    column ("! 2/3 runs"): their numbers are suspect.
+    """
+    rows, columns = _with_busy(rows, columns)
     cells = [[_cell(r, c) for c in columns] for r in rows]
     widths = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    numeric = [bool(c.fmt) for c in columns]
+    numeric = [bool(c.fmt) or c is BUSY_COLUMN for c in columns]  # right-aligned
 
     def line(vals: Sequence[str]) -> str:
         return "  ".join(
@@ -989,7 +1084,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    """The same table as GitHub-flavoured markdown."""
+    """The same table as GitHub-flavoured markdown (with the same "busy" marks)."""
+    rows, columns = _with_busy(rows, columns)
     head = "| " + " | ".join(c.header for c in columns) + " |"
     sep = "|" + "|".join("---:" if c.fmt else "---" for c in columns) + "|"
     body = ["| " + " | ".join(_cell(r, c) for c in columns) + " |" for r in rows]
@@ -1056,26 +1152,44 @@ def write_json(path: str | os.PathLike[str], result: SuiteResult, meta: Mapping[
 def plot_chart(
     rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
 ) -> bool:
-    """Grouped bars of req/s and user CPU µs/request per case; False if no matplotlib."""
+    """Grouped bars of req/s and user CPU µs/request per case; False if no matplotlib.
+
+    The legend sits below the plots, never over a bar.  Bars of rows whose runs
+    had CPU competition are hatched, and the figure says so under the title.
+    """
     try:  # optional dependency, imported by name so type checkers need no stubs
         matplotlib = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
         plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         return False
+    fig = draw_chart(rows, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def draw_chart(rows: Sequence[Mapping[str, Any]], title: str = "") -> Any:
+    """The matplotlib Figure `plot_chart` saves (matplotlib must be importable)."""
+    plt = importlib.import_module("matplotlib.pyplot")
     cases = list(dict.fromkeys(r["case"] for r in rows))
     # "asyncio-rpc-protocol" and "asyncio-protocol" are one kind of peer: one colour.
     labels = list(dict.fromkeys(_chart_label(r["peer"]) for r in rows))
     colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     per_case = {c: [r for r in rows if r["case"] == c] for c in cases}
     most = max(len(v) for v in per_case.values())
-    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.45 * len(cases) * most + 2), 8))
+    legend_rows = -(-(len(labels) + 1) // 4)
+    fig, axes = plt.subplots(
+        2,
+        1,
+        figsize=(max(8.0, 0.45 * len(cases) * most + 2), 8 + 0.3 * legend_rows),
+        layout="constrained",
+    )
     width = 0.8 / most
     for ax, key, ylabel in (
         (axes[0], "rps", "req/s (median)"),
         (axes[1], "user_us_per_req", "server user CPU µs / request"),
     ):
-        seen: set[str] = set()
         for j, case in enumerate(cases):
             group = per_case[case]
             for i, row in enumerate(group):
@@ -1086,20 +1200,37 @@ def plot_chart(
                     row.get(key) or 0,
                     width,
                     color=colours[lab],
-                    label=None if lab in seen else lab,
+                    hatch="//" if row.get("busy_runs") else None,
+                    edgecolor="black" if row.get("busy_runs") else None,
                 )
-                seen.add(lab)
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, ncol=min(4, len(labels)))
-    if title:
-        axes[0].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+        ax.margins(y=0.08)
+    patch = importlib.import_module("matplotlib.patches").Patch
+    handles = [patch(facecolor=colours[lab], label=lab) for lab in labels]
+    busy = [r for r in rows if r.get("busy_runs")]
+    if busy:
+        handles.append(patch(facecolor="white", edgecolor="black", hatch="//", label="disturbed"))
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(4, len(handles)),
+        fontsize=8,
+        frameon=False,
+    )
+    heading = title
+    if busy:
+        worst = max(float(r.get("max_cpu_pressure_pct") or 0) for r in busy)
+        note = (
+            f"disturbed: hatched bars ({len(busy)} of {len(rows)}) had runs with other "
+            f"processes competing for the CPUs (cpu pressure up to {worst:.0f}%)"
+        )
+        heading = f"{title}\n{note}" if title else note
+    if heading:
+        fig.suptitle(heading, fontsize=10)
+    return fig
 
 
 def _chart_label(peer: str) -> str:
@@ -1114,7 +1245,8 @@ def contention_note(runs: Sequence[Mapping[str, Any]]) -> str | None:
     worst = max(float(r["cpu_pressure_pct"]) for r in busy)
     return (
         f"warning: {len(busy)} of {len(runs)} runs had other processes competing for the "
-        f"CPUs (cpu pressure up to {worst:.0f}% of the window); rerun on a quiet machine"
+        f"CPUs (cpu pressure up to {worst:.0f}% of the window; rows marked in the busy "
+        f"column); rerun on a quiet machine"
     )
 
 
