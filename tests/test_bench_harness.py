@@ -139,7 +139,9 @@ def test_aiofastnet_peers(tools: Any) -> None:
 @pytest.mark.timeout(60)
 def test_server_rejecting_its_command_line_is_skipped(tools: Any) -> None:
     # How a server that predates `--handler sync` answers: argparse's exit 2.
-    script = "import sys; sys.stderr.write('error: unrecognized arguments: --handler\\n'); sys.exit(2)"
+    script = (
+        "import sys; sys.stderr.write('error: unrecognized arguments: --handler\\n'); sys.exit(2)"
+    )
     old = h.ServerSpec("netpoll-sync-asyncio", (sys.executable, "-c", script))
     notes: list[str] = []
     res = h.run_suite(

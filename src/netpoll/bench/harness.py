@@ -793,9 +793,7 @@ def run_refgen(
         "-s", str(case.size), "-m", case.mode, "-t", str(duration), "-w", str(warmup),
     ]  # fmt: skip
     try:
-        proc = _spawn_pinned(
-            client_cpu, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = _spawn_pinned(client_cpu, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = proc.communicate(timeout=warmup + duration + 60)
     except subprocess.TimeoutExpired as exc:
         proc.kill()
@@ -928,8 +926,10 @@ def _run_all(
                     rejected.append(spec.name)
                     if progress:
                         first = (exc.args[0].splitlines() or [""])[0]
-                        progress(f"note: skipping {spec.name}: the server rejected its command"
-                                 f" line ({first})")
+                        progress(
+                            f"note: skipping {spec.name}: the server rejected its command"
+                            f" line ({first})"
+                        )
                     continue
                 except BenchError as exc:
                     res = {"failed": str(exc), "errors": 1}
