@@ -1,6 +1,6 @@
 """``python -m netpoll bench``: the headline benchmark.
 
-Two cases in about a minute, each against the same peers, run interleaved and
+Two cases in a minute or two, each against the same peers, run interleaved and
 repeated (medians shown):
 
 * echo, 1 KiB messages, 50 connections, ping-pong;
@@ -51,7 +51,7 @@ had other processes competing for the CPUs (numbers suspect).
 _EPILOG = """\
 examples:
   python -m netpoll bench                      # ~75 s (~100 s with sync handlers)
-  python -m netpoll bench --quick              # ~10 s smoke run
+  python -m netpoll bench --quick              # ~15 s smoke run
   python -m netpoll bench --cases rpc --connections 500 --json out.json
 """
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         parser,
         normal=(1.2, 0.3, 3),
         quick=(0.6, 0.2, 1),
-        quick_help="a ~10 s smoke run for CI: duration 0.6 s, warm-up 0.2 s, one run per peer",
+        quick_help="a ~15 s smoke run for CI: duration 0.6 s, warm-up 0.2 s, one run per peer",
     )
     load = parser.add_argument_group("load")
     load.add_argument(
