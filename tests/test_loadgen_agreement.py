@@ -4,13 +4,16 @@ loadgen (one epoll thread, nonblocking sockets) once measured stock asyncio
 Protocol about 3x slower than another generator did against the same server
 (docs/benchmarks.md, "Round 2 baseline": a fresh CPython server pays mmap +
 mremap + munmap per 256 KiB recv until a connection has closed).  refgen
-shares no code or design with loadgen (one blocking thread per connection,
-a warm-up round whose connections close), so if the two agree on the peer
-that was wrong, loadgen is not choosing a winner.
+shares no code with loadgen and makes the plainest choices (blocking sockets,
+one poll() thread, one request per connection at a time, a warm-up round whose
+connections close), so if the two agree on the peer that was wrong, loadgen
+is not choosing a winner.
 
 Noise: this runs on small shared VMs.  Each pair of runs is back to back and
 the verdict is the median of the per-pair ratios, which cancels slow drift;
-busy runs are repeated once.
+a pair in which the server did not have its core (other processes took it) is
+discarded and another measured, up to six; with fewer than three clean pairs
+the test skips and says why.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ pytestmark = [
 ]
 
 TOLERANCE = 0.15  # |loadgen / refgen - 1| for the median pair
+MIN_SERVER_CPU = 85.0  # % of a core: below it the pair was disturbed
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +58,41 @@ def test_generators_agree_on_asyncio_protocol(tools: Any) -> None:
     spec = h.peer_spec("protocol")
     ratios: list[float] = []
     detail: list[str] = []
-    for _ in range(5):
+    for _ in range(6):
         if len(ratios) == 3:
             break
         ours = h.measure(spec, case, tools, duration=1.5, warmup=0.3)
         ref = h.measure_refgen(spec, case, tools, duration=1.5, warmup=0.3)
         assert ours["errors"] == 0 and ref["errors"] == 0, (ours, ref)
-        busy = (ours.get("cpu_pressure_pct") or 0) > 50
-        detail.append(f"loadgen {ours['rps']:.0f} refgen {ref['rps']:.0f}{' busy' if busy else ''}")
-        if not busy:
+        # asyncio Protocol is server-bound: with a core to itself the server runs at
+        # ~100% under either generator.  Less means other processes took its core
+        # (or a generator fell behind): that pair says nothing, measure another.
+        clean = min(ours["server_cpu_pct"], ref["server_cpu_pct"]) >= MIN_SERVER_CPU
+        detail.append(
+            f"loadgen {ours['rps']:.0f} ({ours['server_cpu_pct']:.0f}% cpu) "
+            f"refgen {ref['rps']:.0f} ({ref['server_cpu_pct']:.0f}% cpu)"
+        )
+        if clean:
             ratios.append(ours["rps"] / ref["rps"])
     if len(ratios) < 3:
-        pytest.skip(f"the machine was too busy to compare throughput: {detail}")
+        pytest.skip(f"the server did not get its core to itself; cannot compare: {detail}")
     ratio = statistics.median(ratios)
     assert abs(ratio - 1) <= TOLERANCE, f"loadgen/refgen = {ratio:.2f}: {detail}"
+
+
+@pytest.mark.timeout(90)
+def test_loadgen_meets_asyncio_warm(tools: Any) -> None:
+    """The root cause, measured without a clock: page faults per request.
+
+    A fresh asyncio server mmaps a 256 KiB buffer per recv (two faults per
+    request) until a connection has closed; loadgen's priming connection
+    (-k, default 1) gets it past that, as any long-running server is."""
+    case = h.Case("echo 1KiB x10", 1024, 10)
+    spec = h.peer_spec("protocol")
+    warm = h.measure(spec, case, tools, duration=0.6, warmup=0.2)
+    cold = h.measure(spec, case, tools, duration=0.6, warmup=0.2, loadgen_args=["-k", "0"])
+    assert warm["primed"] == 1 and cold["primed"] == 0
+    assert warm["server_faults_per_req"] < 0.2, warm
+    # Unprimed, the mmap path shows (unless the harness's readiness probe happened
+    # to connect and close before the server printed "ready": that primes it too).
+    assert cold["server_faults_per_req"] > 1.0, cold

@@ -92,7 +92,7 @@ SOURCES = {
     "refgen": HERE / "refgen.c",
 }
 CFLAGS = ("-O2", "-std=gnu99", "-Wall")
-EXTRA_CFLAGS = {"refgen": ("-pthread",)}
+EXTRA_CFLAGS: dict[str, tuple[str, ...]] = {}  # per tool, e.g. {"refgen": ("-pthread",)}
 
 Progress = Callable[[str], None]
 
@@ -441,6 +441,23 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return user / _CLK_TCK, system / _CLK_TCK
 
 
+def proc_faults(pid: int) -> int:
+    """Minor page faults of `pid` and its descendants (minflt, all threads).
+
+    A steady-state server takes next to none per request; two per request is
+    the signature of a fresh CPython process mmap-ing its 256 KiB recv buffers
+    (see `loadgen.c`, "Why prime")."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[7])  # field 10, minflt
+    return total
+
+
 def proc_rss_kb(pid: int) -> int:
     """Resident set size (VmRSS, KiB) of `pid` and its descendants."""
     total = 0
@@ -679,6 +696,7 @@ def run_loadgen(
     other: list[str] = []
     t0 = t1 = 0.0
     cpu0 = cpu1 = (0.0, 0.0)
+    faults0 = faults1 = 0
     core0 = core1 = None
     psi0 = psi1 = None
     sampler: _RssSampler | None = None
@@ -688,12 +706,12 @@ def run_loadgen(
             word = line.strip()
             if word == "measuring" and server_pid is not None:
                 t0, cpu0, core0 = time.monotonic(), proc_cpu(server_pid), core_times(server_cpu)
-                psi0 = cpu_pressure_us()
+                psi0, faults0 = cpu_pressure_us(), proc_faults(server_pid)
                 sampler = _RssSampler(server_pid)
                 sampler.start()
             elif word == "done" and server_pid is not None:
                 t1, cpu1, core1 = time.monotonic(), proc_cpu(server_pid), core_times(server_cpu)
-                psi1 = cpu_pressure_us()
+                psi1, faults1 = cpu_pressure_us(), proc_faults(server_pid)
             elif word:
                 other.append(word)
         stdout = proc.stdout.read()
@@ -725,6 +743,7 @@ def run_loadgen(
             user_us_per_req=1e6 * user / window / rps,
             cpu_us_per_req=1e6 * (user + system) / window / rps,
             rss_mb=peak_rss / 1024,
+            server_faults_per_req=(faults1 - faults0) / window / rps,
         )
         if psi0 is not None and psi1 is not None:
             result["cpu_pressure_pct"] = 100 * (psi1 - psi0) / 1e6 / window
@@ -781,9 +800,10 @@ def run_refgen(
 ) -> dict[str, Any]:
     """Run the reference generator (refgen.c) once: a cross-check of loadgen.
 
-    It shares no code or design with loadgen (one blocking thread per
-    connection), so a server that loadgen measures differently from refgen
-    points at loadgen.  Ping-pong only (`case.depth` must be 1), no idle
+    It shares no code with loadgen and makes the plainest choices (blocking
+    sockets, one poll() thread, one request per connection at a time, a
+    warm-up round whose connections close), so a server that loadgen
+    measures differently from refgen points at loadgen.  Ping-pong only (`case.depth` must be 1), no idle
     connections, no latencies: requests, seconds, rps, errors.
     """
     if case.depth != 1 or case.idle:
@@ -815,11 +835,16 @@ def measure_refgen(
     host: str = "127.0.0.1",
     cpus: tuple[int | None, int | None] | None = None,
 ) -> dict[str, Any]:
-    """`measure`, but driven by refgen instead of loadgen (throughput only)."""
+    """`measure`, but driven by refgen instead of loadgen: throughput, and the
+    server's CPU% over refgen's whole run (connects and warm-up included)."""
     server_cpu, client_cpu = cpus if cpus is not None else cpu_plan()
     port = free_port(host)
     with ServerProcess(spec, host, port, server_cpu) as server:
+        t0, cpu0 = time.monotonic(), proc_cpu(server.pid)
         result = run_refgen(tools, host, port, case, duration, warmup, client_cpu)
+        t1, cpu1 = time.monotonic(), proc_cpu(server.pid)
+        # Over refgen's whole life (both rounds): ~100 means the server had its core busy.
+        result["server_cpu_pct"] = 100 * (sum(cpu1) - sum(cpu0)) / max(t1 - t0, 1e-9)
         if not server.alive():
             result["errors"] = max(1, int(result.get("errors", 0)))
     return result
@@ -831,6 +856,7 @@ _MEDIAN_KEYS = (
     "rps", "p50_us", "p99_us", "p999_us", "mean_us", "user_us_per_req", "cpu_us_per_req",
     "server_cpu_pct", "server_user_pct", "rss_mb", "client_cpu_pct", "core_user_pct",
     "core_sys_pct", "core_softirq_pct", "core_user_us_per_req", "cpu_pressure_pct",
+    "server_faults_per_req",
 )  # fmt: skip
 
 #: Runs with more CPU pressure than this (% of the window) had competition.
