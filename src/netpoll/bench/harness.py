@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1254,7 +1255,9 @@ def draw_chart(rows: Sequence[Mapping[str, Any]], title: str = "") -> Any:
             f"processes competing for the CPUs (cpu pressure up to {worst:.0f}%)"
         )
         heading = f"{title}\n{note}" if title else note
-    if heading:
+    if heading:  # wrapped to the figure's width (~11 characters an inch at this size)
+        width = int(fig.get_figwidth() * 11)
+        heading = "\n".join(textwrap.fill(line, width) for line in heading.splitlines())
         fig.suptitle(heading, fontsize=10)
     return fig
 
