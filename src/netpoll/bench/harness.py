@@ -4,11 +4,13 @@ How one measurement goes (`measure`):
 
 1. The server command starts pinned to one core (the *server core*) and is
    ready when it prints ``ready`` or its port accepts a connection.
-2. ``loadgen`` (C, one epoll thread) runs pinned to another core.  It connects,
-   warms up, then writes ``measuring`` and later ``done`` on stderr; at those
-   two moments the harness samples the server's CPU time (utime/stime of the
-   whole process tree, from ``/proc/<pid>/stat``) and the server core's line of
-   ``/proc/stat``, and samples RSS (``VmRSS``) in between.  So CPU and memory
+2. ``loadgen`` (C, one epoll thread) runs pinned to another core.  It primes
+   the server (one connection opened, used and closed: see loadgen.c, "Why
+   prime"), connects, warms up, then writes ``measuring`` and later ``done``
+   on stderr; at those two moments the harness samples the server's CPU time
+   (utime/stime of the whole process tree, from ``/proc/<pid>/stat``), its
+   page faults and the server core's line of ``/proc/stat``, and samples RSS
+   (``VmRSS``) in between.  So CPU and memory
    cover exactly the window in which the requests were counted.
 3. The server is stopped (SIGINT, then SIGKILL after a grace period).
 
