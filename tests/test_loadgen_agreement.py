@@ -10,10 +10,12 @@ connections close), so if the two agree on the peer that was wrong, loadgen
 is not choosing a winner.
 
 Noise: this runs on small shared VMs.  Each pair of runs is back to back and
-the verdict is the median of the per-pair ratios, which cancels slow drift;
-a pair in which the server did not have its core (other processes took it) is
-discarded and another measured, up to five; with fewer than three clean pairs
-the test skips and says why.
+the verdict is the median of the per-pair ratios, which cancels slow drift.
+A pair in which the server did not have its core (other processes took it) is
+not clean; with three clean pairs the median must be within 15%.  After five
+pairs with fewer clean ones, the median of all of them must still be within
+0.7-1.43x (the old loadgen measured 0.33-0.47x), and a result between that and
+15% skips, saying why: on a busy machine it cannot be told from noise.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ pytestmark = [
 
 TOLERANCE = 0.15  # |loadgen / refgen - 1| for the median pair
 MIN_SERVER_CPU = 85.0  # % of a core: below it the pair was disturbed
+BUSY_BOUNDS = (0.7, 1 / 0.7)  # on a disturbed machine, only a gross disagreement fails
 
 
 @pytest.fixture(scope="module")
@@ -56,28 +59,34 @@ def test_generators_agree_on_asyncio_protocol(tools: Any) -> None:
     """Echo 1 KiB x 50 on asyncio Protocol: the case the old loadgen got wrong."""
     case = h.Case("echo 1KiB x50", 1024, 50)
     spec = h.peer_spec("protocol")
-    ratios: list[float] = []
+    clean: list[float] = []
+    every: list[float] = []
     detail: list[str] = []
     for _ in range(5):
-        if len(ratios) == 3:
+        if len(clean) == 3:
             break
         ours = h.measure(spec, case, tools, duration=1.5, warmup=0.3)
         ref = h.measure_refgen(spec, case, tools, duration=1.5, warmup=0.3)
         assert ours["errors"] == 0 and ref["errors"] == 0, (ours, ref)
+        every.append(ours["rps"] / ref["rps"])
         # asyncio Protocol is server-bound: with a core to itself the server runs at
-        # ~100% under either generator.  Less means other processes took its core
-        # (or a generator fell behind): that pair says nothing, measure another.
-        clean = min(ours["server_cpu_pct"], ref["server_cpu_pct"]) >= MIN_SERVER_CPU
+        # ~100% under either generator.  Less means other processes took its core.
+        if min(ours["server_cpu_pct"], ref["server_cpu_pct"]) >= MIN_SERVER_CPU:
+            clean.append(every[-1])
         detail.append(
             f"loadgen {ours['rps']:.0f} ({ours['server_cpu_pct']:.0f}% cpu) "
             f"refgen {ref['rps']:.0f} ({ref['server_cpu_pct']:.0f}% cpu)"
         )
-        if clean:
-            ratios.append(ours["rps"] / ref["rps"])
-    if len(ratios) < 3:
-        pytest.skip(f"the server did not get its core to itself; cannot compare: {detail}")
-    ratio = statistics.median(ratios)
-    assert abs(ratio - 1) <= TOLERANCE, f"loadgen/refgen = {ratio:.2f}: {detail}"
+    if len(clean) >= 3:
+        ratio = statistics.median(clean)
+        assert abs(ratio - 1) <= TOLERANCE, f"loadgen/refgen = {ratio:.2f}: {detail}"
+        return
+    # A disturbed machine: a gross disagreement (the old loadgen was at 0.33-0.47x)
+    # still fails; a moderate one cannot be told from noise.
+    ratio = statistics.median(every)
+    assert BUSY_BOUNDS[0] <= ratio <= BUSY_BOUNDS[1], f"loadgen/refgen = {ratio:.2f}: {detail}"
+    if abs(ratio - 1) > TOLERANCE:
+        pytest.skip(f"busy machine, loadgen/refgen = {ratio:.2f}, not conclusive: {detail}")
 
 
 @pytest.mark.timeout(90)
