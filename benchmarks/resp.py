@@ -179,6 +179,7 @@ def summarize(runs: Sequence[dict[str, Any]], cases: Sequence[Case], peers: Sequ
             for key in MEDIAN_KEYS:
                 vals = [r[key] for r in ok if isinstance(r.get(key), int | float)]
                 row[key] = statistics.median(vals) if vals else None
+            h.mark_busy(row, ok)  # the table marks rows with busy runs
             by_peer[peer] = row
             rows.append(row)
         for row in by_peer.values():

@@ -73,6 +73,7 @@ __all__ = [
     "have_aiofastnet",
     "have_uvloop",
     "machine_info",
+    "mark_busy",
     "markdown_report",
     "measure",
     "measure_refgen",
@@ -995,11 +996,17 @@ def summarize(
                 row[key] = statistics.median(vals) if vals else None
             if len(ok) < len(group):
                 row["failed"] = len(group) - len(ok)
-            pressures = [float(r.get("cpu_pressure_pct") or 0) for r in ok]
-            row["busy_runs"] = sum(p > BUSY_PRESSURE_PCT for p in pressures)
-            row["max_cpu_pressure_pct"] = max(pressures, default=None)
+            mark_busy(row, ok)
             rows.append(row)
     return rows
+
+
+def mark_busy(row: dict[str, Any], runs: Sequence[Mapping[str, Any]]) -> None:
+    """Set ``busy_runs`` (runs of `row` whose CPU pressure exceeded BUSY_PRESSURE_PCT)
+    and ``max_cpu_pressure_pct``: `format_table` and the chart mark such rows."""
+    pressures = [float(r.get("cpu_pressure_pct") or 0) for r in runs]
+    row["busy_runs"] = sum(p > BUSY_PRESSURE_PCT for p in pressures)
+    row["max_cpu_pressure_pct"] = max(pressures, default=None)
 
 
 def add_ratios(rows: list[dict[str, Any]], refs: Mapping[str, str]) -> None:
