@@ -134,12 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         specs += [h.peer_spec(kind, uv, aiofastnet=True)] if afn else []
         return [*specs, h.c_echo_spec(tools)]
 
+    def afn_name(kind: str) -> str:  # ratios in the JSON: rps_vs_aiofastnet, ucpu_vs_...
+        return h.peer_spec(kind, uv, aiofastnet=True).name
+
     suites: list[tuple[h.Case, list[h.ServerSpec], dict[str, str]]] = []
     if "echo" in wanted:
         size, conns = args.size or 1024, args.connections or 50
         specs = peers("protocol", lambda uvl, style: h.netpoll_echo_spec(uvl, handler=style))
         case = h.Case(f"echo {_size(size)} x{conns}", size, conns)
-        suites.append((case, specs, {"uvloop": "uvloop-protocol", "C": "c-echo"}))
+        refs = {"uvloop": "uvloop-protocol", "C": "c-echo", "aiofastnet": afn_name("protocol")}
+        suites.append((case, specs, refs))
     if "rpc" in wanted:
         size, conns = args.size or 64, args.connections or 100
         script = _repo_example("rpc_server.py")
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             "rpc-protocol", lambda uvl, style: h.netpoll_rpc_spec(uvl, script, handler=style)
         )
         case = h.Case(f"rpc {_size(size)} x{conns}", size, conns, mode="frame")
-        suites.append((case, specs, {"uvloop": "uvloop-rpc-protocol", "C": "c-echo"}))
+        refs = {"uvloop": "uvloop-rpc-protocol", "C": "c-echo"}
+        suites.append((case, specs, {**refs, "aiofastnet": afn_name("rpc-protocol")}))
 
     if args.peers:  # names differ per case (uvloop-protocol, uvloop-rpc-protocol)
         known = [s for _, specs, _ in suites for s in specs]
