@@ -139,6 +139,7 @@ def measure(
     server_cpu, client_cpu = cpus
     port = h.free_port(host)
     with h.ServerProcess(spec, host, port, server_cpu) as server:
+        h.prime(host, port, b"PING\r\n")  # a connection closed first, as in a live server
         psi0 = h.cpu_pressure_us()
         t0, (u0, s0) = time.monotonic(), h.proc_cpu(server.pid)
         result = run_benchmark(tool, host, port, case, client_cpu, timeout)

@@ -80,6 +80,7 @@ __all__ = [
     "netpoll_echo_spec",
     "netpoll_rpc_spec",
     "peer_spec",
+    "prime",
     "plot_chart",
     "report",
     "resolve_run_arguments",
@@ -571,6 +572,22 @@ def _port_accepts(host: str, port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+def prime(host: str, port: int, request: bytes, timeout: float = 10.0) -> None:
+    """One connection: send `request`, read one reply (or until the server closes), close.
+
+    Gets a fresh server into the state a long-running one is in, as loadgen's
+    ``-k`` does (see loadgen.c, "Why prime"): for drivers other than loadgen
+    (redis-benchmark, wrk) that do not close a connection before measuring.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.sendall(request)
+        with contextlib.suppress(OSError):
+            s.recv(65536)
 
 
 class ServerProcess:
