@@ -47,11 +47,11 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.mark.timeout(90)
 def test_refgen_counts_c_echo(tools: Any) -> None:
-    case = h.Case("echo 64B x4", 64, 4)
-    res = h.measure_refgen(h.c_echo_spec(tools), case, tools, duration=0.5, warmup=0.1)
-    assert res["errors"] == 0, res
-    assert res["requests"] > 0 and res["rps"] > 0, res
-    assert res["connections"] == 4
+    for case in (h.Case("echo 64B x4", 64, 4), h.Case("frame 3000B x3", 3000, 3, mode="frame")):
+        res = h.measure_refgen(h.c_echo_spec(tools), case, tools, duration=0.4, warmup=0.1)
+        assert res["errors"] == 0 and res["warmup_errors"] == 0, res
+        assert res["requests"] > 0 and res["rps"] > 0, res
+        assert res["connections"] == case.connections
 
 
 @pytest.mark.timeout(90)
