@@ -28,10 +28,12 @@
  * when glibc raises its threshold and the buffers come from the heap from then
  * on.  Measured: 20,000 echo requests to a fresh asyncio Protocol server cost
  * 21,055 mmap, 20,050 mremap and 20,099 munmap calls; after one connection had
- * closed, 1,006 / 1 / 50.  Without priming this generator measured asyncio's
- * cold start (about 3x slower at echo 1 KiB x 50), and a second generator run
- * against the same server afterwards measured the warm one.  uvloop reads into
- * a fixed 64 KiB buffer, so it never showed the effect.
+ * closed, 1,006 / 1 / 50; 2 page faults per request against 0, and about twice
+ * the server CPU per request.  Without priming this generator measured
+ * asyncio's cold start (issue 11: 16.4k req/s against 49.0k from another
+ * generator; docs/benchmarks.md, "Round 2 baseline").  aiofastnet allocates a
+ * fresh buffer per read too and was affected alike; uvloop, BufferedProtocol
+ * and netpoll read into buffers of their own and never showed it.
  * The markers "measuring" and "done" are written to stderr, unbuffered, at the
  * window's start and end so a harness can sample the server's CPU over exactly
  * the same window.  The result is one JSON line on stdout.
