@@ -181,12 +181,11 @@ int main(int argc, char **argv)
         return 1;
     }
     double secs = 0;
-    if (warmup > 0)
-        run_round(warmup, &secs);
+    long long warm = warmup > 0 ? run_round(warmup, &secs) : 0;
     long long warm_errors = errors;
     long long n = run_round(duration, &secs);
     printf("{\"requests\": %lld, \"seconds\": %.4f, \"rps\": %.1f, \"errors\": %lld, "
-           "\"warmup_errors\": %lld, \"connections\": %d}\n",
-           n, secs, (double)n / secs, errors - warm_errors, warm_errors, conns);
+           "\"warmup_requests\": %lld, \"warmup_errors\": %lld, \"connections\": %d}\n",
+           n, secs, (double)n / secs, errors - warm_errors, warm, warm_errors, conns);
     return errors ? 1 : 0;
 }
