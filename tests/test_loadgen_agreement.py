@@ -77,6 +77,7 @@ def test_generators_agree_on_asyncio_protocol(tools: Any) -> None:
             f"loadgen {ours['rps']:.0f} ({ours['server_cpu_pct']:.0f}% cpu) "
             f"refgen {ref['rps']:.0f} ({ref['server_cpu_pct']:.0f}% cpu)"
         )
+    print("pairs:", detail)  # shown by pytest -rA
     if len(clean) >= 3:
         ratio = statistics.median(clean)
         assert abs(ratio - 1) <= TOLERANCE, f"loadgen/refgen = {ratio:.2f}: {detail}"
