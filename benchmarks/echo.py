@@ -2,9 +2,11 @@
 """The full echo matrix: message sizes x connection counts x every peer.
 
 Default: 64 B, 1 KiB and 16 KiB messages over 1, 50 and 500 ping-pong
-connections, against netpoll (asyncio loop and uvloop), asyncio Protocol,
-BufferedProtocol and Streams, uvloop Protocol and Streams, and the C epoll
-echo server (the ceiling); 3 runs of each, peers interleaved, medians shown.
+connections, against netpoll (asyncio loop and uvloop; async handler, and the
+plain handler once `python -m netpoll echo` takes ``--handler sync``), asyncio
+Protocol, BufferedProtocol and Streams, uvloop Protocol and Streams, aiofastnet
+Protocol on both loops (if installed), and the C epoll echo server (the
+ceiling); 3 runs of each, peers interleaved, medians shown.
 The server runs pinned to one core and the C load generator to another.
 
     python benchmarks/echo.py                       # full matrix, ~16 min
@@ -28,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     from netpoll.bench import harness as h
     parser = argparse.ArgumentParser(
         description="netpoll echo benchmark: sizes x connections x peers.",
-        epilog="Peer names: netpoll-asyncio netpoll-uvloop asyncio-protocol asyncio-buffered "
-        "asyncio-streams uvloop-protocol uvloop-streams c-echo.",
+        epilog="Peer names: netpoll-asyncio netpoll-uvloop netpoll-sync-asyncio "
+        "netpoll-sync-uvloop asyncio-protocol asyncio-buffered asyncio-streams "
+        "uvloop-protocol uvloop-streams aiofastnet-asyncio-protocol "
+        "aiofastnet-uvloop-protocol c-echo.",
     )
     h.add_run_arguments(
         parser,
@@ -63,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot build the C tools: {exc}", file=sys.stderr)
         return 2
     uv = h.have_uvloop()
-    specs = [h.netpoll_echo_spec(False)]
-    specs += [h.netpoll_echo_spec(True)] if uv else []
+    loops = [False, True] if uv else [False]
+    # the plain (sync) handler and aiofastnet are skipped with a note where missing
+    specs = [h.netpoll_echo_spec(u, handler=s) for s in h.HANDLER_STYLES for u in loops]
     specs += [h.peer_spec(kind) for kind in ("protocol", "buffered", "streams")]
     specs += [h.peer_spec(kind, True) for kind in ("protocol", "streams")] if uv else []
+    specs += [h.peer_spec("protocol", u, aiofastnet=True) for u in loops]
     specs += [h.c_echo_spec(tools)]
     if not uv:
         print("note: uvloop is not installed: uvloop peers skipped", file=sys.stderr)

@@ -220,6 +220,7 @@ def summarize(runs: list[dict[str, Any]], cases: list[str], names: list[str]) ->
             for key in MEDIAN_KEYS:
                 vals = [r[key] for r in ok if isinstance(r.get(key), int | float)]
                 row[key] = statistics.median(vals) if vals else None
+            h.mark_busy(row, ok)  # the table marks rows with busy runs
             by_peer[name] = row
             rows.append(row)
         ref = by_peer.get("uvloop-protocol", {})

@@ -14,11 +14,17 @@ request path, and use the echo harness for throughput and latency.
 
     python benchmarks/instructions.py                  # echo 1 KiB x 50 connections
     python benchmarks/instructions.py --mode frame --size 64 --depth 16
+    python benchmarks/instructions.py --only "uvloop Protocol,aiofastnet (uvloop)"
+
+The aiofastnet peers (the same Protocol servers on aiofastnet's transports,
+over asyncio and over uvloop) run when aiofastnet is installed
+(``pip install 'netpoll[aiofastnet]'``); otherwise they are skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -47,37 +53,41 @@ def build_loadgen() -> str:
 
 
 def peers(mode: str) -> dict[str, list[str]]:
-    if mode == "frame":
-        return {
-            "netpoll (asyncio)": [PY, "-m", "netpoll", "rpc-server", "--port", "{port}"],
-            "netpoll (uvloop)": [PY, "-m", "netpoll", "rpc-server", "--port", "{port}",
-                                 "--uvloop"],
-            "asyncio Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "rpc-protocol",
-                                 "--port", "{port}"],
-            "uvloop Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "rpc-protocol",
-                                "--port", "{port}", "--uvloop"],
-        }
-    return {
-        "netpoll (asyncio)": [PY, "-m", "netpoll", "echo", "--port", "{port}"],
-        "netpoll (uvloop)": [PY, "-m", "netpoll", "echo", "--port", "{port}", "--uvloop"],
-        "asyncio Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "protocol",
-                             "--port", "{port}"],
-        "uvloop Protocol": [PY, "-m", "netpoll.bench.peers", "--kind", "protocol",
-                            "--port", "{port}", "--uvloop"],
-        # the same Protocol server, unchanged, on netpoll.loop_factory() transports
-        "np-tr Protocol (asyncio)": [PY, "benchmarks/transport_peer.py", "--kind", "protocol",
-                                     "--port", "{port}"],
-        "np-tr Protocol (uvloop)": [PY, "benchmarks/transport_peer.py", "--kind", "protocol",
-                                    "--port", "{port}", "--uvloop"],
-        "asyncio Streams": [PY, "-m", "netpoll.bench.peers", "--kind", "streams",
-                            "--port", "{port}"],
-        "uvloop Streams": [PY, "-m", "netpoll.bench.peers", "--kind", "streams",
-                           "--port", "{port}", "--uvloop"],
-        "np-tr Streams (asyncio)": [PY, "benchmarks/transport_peer.py", "--kind", "streams",
-                                    "--port", "{port}"],
-        "np-tr Streams (uvloop)": [PY, "benchmarks/transport_peer.py", "--kind", "streams",
-                                   "--port", "{port}", "--uvloop"],
+    cmd = "rpc-server" if mode == "frame" else "echo"
+    out = {
+        "netpoll (asyncio)": [PY, "-m", "netpoll", cmd, "--port", "{port}"],
+        "netpoll (uvloop)": [PY, "-m", "netpoll", cmd, "--port", "{port}", "--uvloop"],
+        # plain-function handlers (conn.input + flush_nowait), run inside the poller's pass
+        "netpoll sync (asyncio)": [PY, "-m", "netpoll", cmd, "--port", "{port}",
+                                   "--handler", "sync"],
+        "netpoll sync (uvloop)": [PY, "-m", "netpoll", cmd, "--port", "{port}",
+                                  "--handler", "sync", "--uvloop"],
     }
+    kind = "rpc-protocol" if mode == "frame" else "protocol"
+    peer = [PY, "-m", "netpoll.bench.peers", "--kind", kind, "--port", "{port}"]
+    out["asyncio Protocol"] = peer
+    out["uvloop Protocol"] = [*peer, "--uvloop"]
+    out["aiofastnet (asyncio)"] = [*peer, "--aiofastnet"]
+    out["aiofastnet (uvloop)"] = [*peer, "--aiofastnet", "--uvloop"]
+    if mode != "frame":
+        # the same Protocol/Streams servers, unchanged, on netpoll.loop_factory() transports
+        tp = [PY, "benchmarks/transport_peer.py", "--port", "{port}"]
+        out["np-tr Protocol (asyncio)"] = [*tp, "--kind", "protocol"]
+        out["np-tr Protocol (uvloop)"] = [*tp, "--kind", "protocol", "--uvloop"]
+        out["asyncio Streams"] = [PY, "-m", "netpoll.bench.peers", "--kind", "streams",
+                                  "--port", "{port}"]
+        out["uvloop Streams"] = [*out["asyncio Streams"], "--uvloop"]
+        out["np-tr Streams (asyncio)"] = [*tp, "--kind", "streams"]
+        out["np-tr Streams (uvloop)"] = [*tp, "--kind", "streams", "--uvloop"]
+    return out
+
+
+def available(argv: list[str]) -> str | None:
+    """None if the peer can run here, else why not."""
+    for mod in ("uvloop", "aiofastnet"):
+        if f"--{mod}" in argv and importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed"
+    return None
 
 
 def count(argv: list[str], loadgen: str, n: int, args: argparse.Namespace) -> int:
@@ -132,6 +142,9 @@ def main() -> int:
     table = []
     for name, argv in peers(args.mode).items():
         if args.only and name not in args.only.split(","):
+            continue
+        if why := available(argv):
+            print(f"{name:20s} skipped: {why}", flush=True)
             continue
         a = count(argv, loadgen, args.n1, args)
         b = count(argv, loadgen, args.n2, args)

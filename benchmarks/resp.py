@@ -139,6 +139,7 @@ def measure(
     server_cpu, client_cpu = cpus
     port = h.free_port(host)
     with h.ServerProcess(spec, host, port, server_cpu) as server:
+        h.prime(host, port, b"PING\r\n")  # a connection closed first, as in a live server
         psi0 = h.cpu_pressure_us()
         t0, (u0, s0) = time.monotonic(), h.proc_cpu(server.pid)
         result = run_benchmark(tool, host, port, case, client_cpu, timeout)
@@ -179,6 +180,7 @@ def summarize(runs: Sequence[dict[str, Any]], cases: Sequence[Case], peers: Sequ
             for key in MEDIAN_KEYS:
                 vals = [r[key] for r in ok if isinstance(r.get(key), int | float)]
                 row[key] = statistics.median(vals) if vals else None
+            h.mark_busy(row, ok)  # the table marks rows with busy runs
             by_peer[peer] = row
             rows.append(row)
         for row in by_peer.values():

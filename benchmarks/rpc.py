@@ -12,9 +12,11 @@ Scenarios, each at 64 B and 1 KiB payloads:
 * mux   - 4 connections x 16 requests in flight each (pipelined/multiplexed).
 
 Peers: the Protocol, BufferedProtocol and Streams RPC servers on asyncio and
-on uvloop, netpoll (``examples/rpc_server.py``, asyncio and uvloop; skipped
-with a note until it exists) and the C echo server as the ceiling (echoing a
-frame returns the same frame).  Reported: QPS, p99, p999, server user CPU per
+on uvloop; the Protocol server on aiofastnet's transports over both loops
+(skipped with a note if aiofastnet is not installed); netpoll
+(``examples/rpc_server.py``, asyncio and uvloop, async handler, and the plain
+handler once the example takes ``--handler sync``) and the C echo server as
+the ceiling (echoing a frame returns the same frame).  Reported: QPS, p99, p999, server user CPU per
 request, RSS, ratios to uvloop's Protocol server and to C.
 
     python benchmarks/rpc.py                 # full suite, ~30 min
@@ -97,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     if not uv:
         print("note: uvloop is not installed: uvloop peers skipped", file=sys.stderr)
     kinds = ("rpc-protocol", "rpc-buffered", "rpc-streams")
-    specs = [h.netpoll_rpc_spec(False, RPC_SERVER)]
-    specs += [h.netpoll_rpc_spec(True, RPC_SERVER)] if uv else []
+    loops = [False, True] if uv else [False]
+    # the plain (sync) handler and aiofastnet are skipped with a note where missing
+    specs = [h.netpoll_rpc_spec(u, RPC_SERVER, handler=s) for s in h.HANDLER_STYLES for u in loops]
     specs += [h.peer_spec(k) for k in kinds]
     specs += [h.peer_spec(k, True) for k in kinds] if uv else []
+    specs += [h.peer_spec("rpc-protocol", u, aiofastnet=True) for u in loops]
     specs += [h.c_echo_spec(tools)]
     specs = h.select_peers(specs, args.peers)
 

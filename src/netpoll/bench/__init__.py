@@ -1,15 +1,18 @@
 """``python -m netpoll bench``: the headline benchmark.
 
-Two cases in about a minute, each against the same peers, run interleaved and
+Two cases in a minute or two, each against the same peers, run interleaved and
 repeated (medians shown):
 
 * echo, 1 KiB messages, 50 connections, ping-pong;
 * framed RPC (4-byte big-endian length + payload, decoded and re-encoded by
   the server), 64 B payloads, 100 connections, ping-pong.
 
-Peers: netpoll on the asyncio loop and on uvloop, the asyncio and uvloop
-Protocol servers from `netpoll.bench.peers`, and a C epoll echo server (the
-ceiling).  The load generator is a small C program; both C tools are compiled
+Peers: netpoll on the asyncio loop and on uvloop, with its async handler and
+(once the servers take ``--handler sync``) its plain-function handler; the
+asyncio and uvloop Protocol servers from `netpoll.bench.peers`; the uvloop
+Protocol server on aiofastnet's transports (the closest competitor: Cython
+transports inside an asyncio loop, like netpoll); and a C epoll echo server
+(the ceiling).  The load generator is a small C program; both C tools are compiled
 on first use with the system ``cc`` and cached.  The full matrices live in the
 repository's ``benchmarks/`` directory.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["main"]
@@ -29,22 +33,25 @@ Cases (both ping-pong, one request in flight per connection):
   echo   1 KiB messages over 50 connections
   rpc    64 B framed requests (4-byte big-endian length + payload) over 100
          connections; the server decodes each request and encodes a new response
-Peers: netpoll (asyncio loop), netpoll (uvloop), asyncio Protocol, uvloop
-Protocol (uvloop peers only if uvloop is installed) and a C epoll echo server,
-the ceiling (only if a C compiler is found).
+Peers: netpoll (asyncio loop, uvloop) with the async handler, and with the plain
+(sync) handler where the server offers --handler sync; asyncio Protocol; uvloop
+Protocol; aiofastnet (uvloop Protocol on aiofastnet's transports; on asyncio if
+uvloop is missing); a C epoll echo server, the ceiling.  Missing optional
+packages (uvloop, aiofastnet) skip their peers with a note.
 
 The server is pinned to one core and the C load generator to another.  The
 columns: req/s; p50/p99 latency (send -> full response) in microseconds;
 server user-space CPU microseconds per request (what the library itself costs:
 on loopback the kernel dominates total CPU); server total CPU per request;
 server CPU% (near 100 = the server is the bottleneck); throughput ratios to
-uvloop's Protocol and to the C server; errors.
+uvloop's Protocol and to the C server; errors; and "busy" on rows whose runs
+had other processes competing for the CPUs (numbers suspect).
 """
 
 _EPILOG = """\
 examples:
-  python -m netpoll bench                      # ~60 s
-  python -m netpoll bench --quick              # ~10 s smoke run
+  python -m netpoll bench                      # ~75 s (~100 s with sync handlers)
+  python -m netpoll bench --quick              # ~15 s smoke run
   python -m netpoll bench --cases rpc --connections 500 --json out.json
 """
 
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         parser,
         normal=(1.2, 0.3, 3),
         quick=(0.6, 0.2, 1),
-        quick_help="a ~10 s smoke run for CI: duration 0.6 s, warm-up 0.2 s, one run per peer",
+        quick_help="a ~15 s smoke run for CI: duration 0.6 s, warm-up 0.2 s, one run per peer",
     )
     load = parser.add_argument_group("load")
     load.add_argument(
@@ -111,27 +118,41 @@ def main(argv: list[str] | None = None) -> int:
     uv = h.have_uvloop()
     if not uv:
         print("note: uvloop is not installed: uvloop peers skipped", file=sys.stderr)
+    afn = h.have_aiofastnet()
+    if not afn:
+        print(
+            "note: aiofastnet is not installed: its peer skipped"
+            " (pip install 'netpoll[aiofastnet]')",
+            file=sys.stderr,
+        )
+    loops = [False, True] if uv else [False]
+
+    def peers(kind: str, netpoll: Callable[[bool, str], h.ServerSpec]) -> list[h.ServerSpec]:
+        specs = [netpoll(loop, style) for style in h.HANDLER_STYLES for loop in loops]
+        specs += [h.peer_spec(kind)]
+        specs += [h.peer_spec(kind, True)] if uv else []
+        specs += [h.peer_spec(kind, uv, aiofastnet=True)] if afn else []
+        return [*specs, h.c_echo_spec(tools)]
+
+    def afn_name(kind: str) -> str:  # ratios in the JSON: rps_vs_aiofastnet, ucpu_vs_...
+        return h.peer_spec(kind, uv, aiofastnet=True).name
 
     suites: list[tuple[h.Case, list[h.ServerSpec], dict[str, str]]] = []
     if "echo" in wanted:
         size, conns = args.size or 1024, args.connections or 50
-        specs = [h.netpoll_echo_spec(False)]
-        specs += [h.netpoll_echo_spec(True)] if uv else []
-        specs += [h.peer_spec("protocol")]
-        specs += [h.peer_spec("protocol", True)] if uv else []
-        specs += [h.c_echo_spec(tools)]
+        specs = peers("protocol", lambda uvl, style: h.netpoll_echo_spec(uvl, handler=style))
         case = h.Case(f"echo {_size(size)} x{conns}", size, conns)
-        suites.append((case, specs, {"uvloop": "uvloop-protocol", "C": "c-echo"}))
+        refs = {"uvloop": "uvloop-protocol", "C": "c-echo", "aiofastnet": afn_name("protocol")}
+        suites.append((case, specs, refs))
     if "rpc" in wanted:
         size, conns = args.size or 64, args.connections or 100
         script = _repo_example("rpc_server.py")
-        specs = [h.netpoll_rpc_spec(False, script)]
-        specs += [h.netpoll_rpc_spec(True, script)] if uv else []
-        specs += [h.peer_spec("rpc-protocol")]
-        specs += [h.peer_spec("rpc-protocol", True)] if uv else []
-        specs += [h.c_echo_spec(tools)]
+        specs = peers(
+            "rpc-protocol", lambda uvl, style: h.netpoll_rpc_spec(uvl, script, handler=style)
+        )
         case = h.Case(f"rpc {_size(size)} x{conns}", size, conns, mode="frame")
-        suites.append((case, specs, {"uvloop": "uvloop-rpc-protocol", "C": "c-echo"}))
+        refs = {"uvloop": "uvloop-rpc-protocol", "C": "c-echo"}
+        suites.append((case, specs, {**refs, "aiofastnet": afn_name("rpc-protocol")}))
 
     if args.peers:  # names differ per case (uvloop-protocol, uvloop-rpc-protocol)
         known = [s for _, specs, _ in suites for s in specs]

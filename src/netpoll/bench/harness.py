@@ -4,11 +4,13 @@ How one measurement goes (`measure`):
 
 1. The server command starts pinned to one core (the *server core*) and is
    ready when it prints ``ready`` or its port accepts a connection.
-2. ``loadgen`` (C, one epoll thread) runs pinned to another core.  It connects,
-   warms up, then writes ``measuring`` and later ``done`` on stderr; at those
-   two moments the harness samples the server's CPU time (utime/stime of the
-   whole process tree, from ``/proc/<pid>/stat``) and the server core's line of
-   ``/proc/stat``, and samples RSS (``VmRSS``) in between.  So CPU and memory
+2. ``loadgen`` (C, one epoll thread) runs pinned to another core.  It primes
+   the server (one connection opened, used and closed: see loadgen.c, "Why
+   prime"), connects, warms up, then writes ``measuring`` and later ``done``
+   on stderr; at those two moments the harness samples the server's CPU time
+   (utime/stime of the whole process tree, from ``/proc/<pid>/stat``), its
+   page faults and the server core's line of ``/proc/stat``, and samples RSS
+   (``VmRSS``) in between.  So CPU and memory
    cover exactly the window in which the requests were counted.
 3. The server is stopped (SIGINT, then SIGKILL after a grace period).
 
@@ -42,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -55,22 +58,29 @@ __all__ = [
     "ServerSpec",
     "Tools",
     "BenchError",
+    "HANDLER_STYLES",
+    "ServerRejected",
     "add_run_arguments",
     "build_tools",
     "c_echo_spec",
     "check_available",
     "contention_note",
     "default_columns",
+    "draw_chart",
     "find_compiler",
     "format_markdown",
     "format_table",
+    "have_aiofastnet",
     "have_uvloop",
     "machine_info",
+    "mark_busy",
     "markdown_report",
     "measure",
+    "measure_refgen",
     "netpoll_echo_spec",
     "netpoll_rpc_spec",
     "peer_spec",
+    "prime",
     "plot_chart",
     "report",
     "resolve_run_arguments",
@@ -81,14 +91,24 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 PEERS_PY = HERE / "peers.py"
-SOURCES = {"loadgen": HERE / "loadgen.c", "c_echo": HERE / "c_echo.c"}
+SOURCES = {
+    "loadgen": HERE / "loadgen.c",
+    "c_echo": HERE / "c_echo.c",
+    "refgen": HERE / "refgen.c",
+}
 CFLAGS = ("-O2", "-std=gnu99", "-Wall")
+EXTRA_CFLAGS: dict[str, tuple[str, ...]] = {}  # per tool, e.g. {"refgen": ("-pthread",)}
 
 Progress = Callable[[str], None]
 
 
 class BenchError(RuntimeError):
     """A server or the load generator could not be run."""
+
+
+class ServerRejected(BenchError):
+    """The server exited with status 2 before it was ready: it does not accept its
+    command line (an option it does not know yet).  Skipped, not a failure."""
 
 
 def _stderr(msg: str) -> None:
@@ -100,10 +120,11 @@ def _stderr(msg: str) -> None:
 
 @dataclass(frozen=True)
 class Tools:
-    """Paths of the compiled load generator and C echo server."""
+    """Paths of the compiled load generator, C echo server and reference generator."""
 
     loadgen: Path
     c_echo: Path
+    refgen: Path
 
 
 def find_compiler() -> str | None:
@@ -141,16 +162,17 @@ def _build_one(cc: str, source: Path, name: str, cache: Path, cc_id: str) -> Pat
         text = source.read_bytes()
     except OSError as exc:
         raise BenchError(f"benchmark source {source} is missing from this install") from exc
+    flags = (*CFLAGS, *EXTRA_CFLAGS.get(name, ()))
     digest = hashlib.sha256()
     digest.update(text)
-    digest.update("\0".join((cc, cc_id, *CFLAGS)).encode())
+    digest.update("\0".join((cc, cc_id, *flags)).encode())
     outdir = cache / digest.hexdigest()[:16]
     exe = outdir / name
     if exe.is_file() and os.access(exe, os.X_OK):
         return exe
     outdir.mkdir(parents=True, exist_ok=True)
     tmp = outdir / f".{name}.{os.getpid()}.tmp"
-    cmd = [cc, *CFLAGS, "-o", str(tmp), str(source)]
+    cmd = [cc, *flags, "-o", str(tmp), str(source)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         with contextlib.suppress(OSError):
@@ -161,7 +183,7 @@ def _build_one(cc: str, source: Path, name: str, cache: Path, cc_id: str) -> Pat
 
 
 def build_tools(cache_dir: Path | None = None, cc: str | None = None) -> Tools:
-    """Compile loadgen and c_echo into ``cache_dir/<source hash>/``, reusing old builds.
+    """Compile loadgen, c_echo and refgen into ``cache_dir/<source hash>/``, reusing old builds.
 
     Raises BenchError when no compiler is found or compilation fails.
     """
@@ -177,6 +199,7 @@ def build_tools(cache_dir: Path | None = None, cc: str | None = None) -> Tools:
     return Tools(
         loadgen=_build_one(cc, SOURCES["loadgen"], "loadgen", cache, cc_id),
         c_echo=_build_one(cc, SOURCES["c_echo"], "c_echo", cache, cc_id),
+        refgen=_build_one(cc, SOURCES["refgen"], "refgen", cache, cc_id),
     )
 
 
@@ -188,7 +211,11 @@ class ServerSpec:
     """A server to benchmark: a name and a command with ``{host}``/``{port}`` fields.
 
     `probe`, if given, is a command that must exit 0 for the server to be
-    usable (e.g. ``... --help``); `env` is added to the environment.
+    usable (e.g. ``... --help``); if `probe_expect` is set, the probe's stdout
+    must also contain it (e.g. an option the server must know).  `env` is added
+    to the environment.  A server that exits with status 2 (argparse's "bad
+    command line") before it is ready is skipped, not counted as a failure:
+    that is how an older server says it does not know an option yet.
     """
 
     name: str
@@ -196,6 +223,7 @@ class ServerSpec:
     probe: tuple[str, ...] | None = None
     env: Mapping[str, str] | None = None
     note: str = ""
+    probe_expect: str = ""
 
     def command(self, host: str, port: int) -> list[str]:
         """The argv with ``{host}`` and ``{port}`` filled in."""
@@ -219,13 +247,33 @@ def have_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
-def peer_spec(kind: str, uvloop: bool = False, name: str | None = None) -> ServerSpec:
-    """A baseline server from `peers.py` (run by path: imports nothing from netpoll)."""
+def have_aiofastnet() -> bool:
+    """True if aiofastnet can be imported by the current interpreter."""
+    return importlib.util.find_spec("aiofastnet") is not None
+
+
+def peer_spec(
+    kind: str, uvloop: bool = False, name: str | None = None, aiofastnet: bool = False
+) -> ServerSpec:
+    """A baseline server from `peers.py` (run by path: imports nothing from netpoll).
+
+    `aiofastnet` runs it on aiofastnet's transports over the chosen loop; the
+    name is then ``aiofastnet-<loop>-<kind>`` and the spec is skipped with a
+    note where aiofastnet is not installed.
+    """
     loop = "uvloop" if uvloop else "asyncio"
     argv = [sys.executable, str(PEERS_PY), "--kind", kind, "--host", "{host}", "--port", "{port}"]
     if uvloop:
         argv.append("--uvloop")
-    return ServerSpec(name or f"{loop}-{kind}", tuple(argv))
+    if not aiofastnet:
+        return ServerSpec(name or f"{loop}-{kind}", tuple(argv))
+    argv.append("--aiofastnet")
+    return ServerSpec(
+        name or f"aiofastnet-{loop}-{kind}",
+        tuple(argv),
+        probe=(sys.executable, "-c", "import aiofastnet"),
+        note="aiofastnet is not installed (pip install 'netpoll[aiofastnet]')",
+    )
 
 
 def c_echo_spec(tools: Tools, name: str = "c-echo") -> ServerSpec:
@@ -233,38 +281,70 @@ def c_echo_spec(tools: Tools, name: str = "c-echo") -> ServerSpec:
     return ServerSpec(name, (str(tools.c_echo), "-H", "{host}", "-p", "{port}"))
 
 
-def netpoll_echo_spec(uvloop: bool = False, name: str | None = None) -> ServerSpec:
-    """``python -m netpoll echo`` on the asyncio loop or on uvloop."""
+#: netpoll's handler styles: "async" (``async def on_request``, the default) and
+#: "sync" (a plain ``def on_request`` reading ``conn.input``).  A server is told
+#: the style with ``--handler STYLE``; the default style passes no flag, so it
+#: also runs on servers that predate the option.
+HANDLER_STYLES = ("async", "sync")
+
+
+def _netpoll_name(uvloop: bool, handler: str) -> str:
+    loop = "uvloop" if uvloop else "asyncio"
+    return f"netpoll-{loop}" if handler == "async" else f"netpoll-{handler}-{loop}"
+
+
+def _handler_args(handler: str) -> list[str]:
+    if handler not in HANDLER_STYLES:
+        raise ValueError(f"handler must be one of {HANDLER_STYLES}, not {handler!r}")
+    return [] if handler == "async" else ["--handler", handler]
+
+
+def netpoll_echo_spec(
+    uvloop: bool = False, name: str | None = None, handler: str = "async"
+) -> ServerSpec:
+    """``python -m netpoll echo`` on the asyncio loop or on uvloop.
+
+    `handler` "sync" adds ``--handler sync`` (named ``netpoll-sync-<loop>``);
+    the spec is skipped with a note when the server does not offer the option.
+    """
     argv = [sys.executable, "-m", "netpoll", "echo", "--host", "{host}", "--port", "{port}"]
+    argv += _handler_args(handler)
     if uvloop:
         argv.append("--uvloop")
     return ServerSpec(
-        name or ("netpoll-uvloop" if uvloop else "netpoll-asyncio"),
+        name or _netpoll_name(uvloop, handler),
         tuple(argv),
         probe=(sys.executable, "-m", "netpoll", "echo", "--help"),
-        note="`python -m netpoll echo` is not available (netpoll not built or installed?)",
+        probe_expect="--handler" if handler != "async" else "",
+        note="`python -m netpoll echo` is not available (netpoll not built or installed?)"
+        if handler == "async"
+        else f"`python -m netpoll echo` has no `--handler {handler}` yet",
     )
 
 
 def netpoll_rpc_spec(
-    uvloop: bool = False, script: Path | None = None, name: str | None = None
-) -> ServerSpec:
+    uvloop: bool = False, script: Path | None = None, name: str | None = None,
+    handler: str = "async",
+) -> ServerSpec:  # fmt: skip
     """netpoll's framed RPC server: `script` (examples/rpc_server.py) if given, else
-    ``python -m netpoll rpc-server``."""
+    ``python -m netpoll rpc-server``; `handler` as for `netpoll_echo_spec`."""
     if script is not None:
         base = [sys.executable, str(script)]
         where = str(script)
     else:
         base = [sys.executable, "-m", "netpoll", "rpc-server"]
         where = "`python -m netpoll rpc-server`"
-    argv = [*base, "--host", "{host}", "--port", "{port}"]
+    argv = [*base, "--host", "{host}", "--port", "{port}", *_handler_args(handler)]
     if uvloop:
         argv.append("--uvloop")
     return ServerSpec(
-        name or ("netpoll-uvloop" if uvloop else "netpoll-asyncio"),
+        name or _netpoll_name(uvloop, handler),
         tuple(argv),
         probe=(*base, "--help"),
-        note=f"{where} is not available (missing, or netpoll not built?)",
+        probe_expect="--handler" if handler != "async" else "",
+        note=f"{where} is not available (missing, or netpoll not built?)"
+        if handler == "async"
+        else f"{where} has no `--handler {handler}` yet",
     )
 
 
@@ -274,16 +354,20 @@ _probe_cache: dict[tuple[str, ...], bool] = {}
 def _probe(spec: ServerSpec) -> bool:
     if spec.probe is None:
         return True
-    if spec.probe not in _probe_cache:
+    key = (*spec.probe, "\0", spec.probe_expect)
+    if key not in _probe_cache:
         env = {**os.environ, **(spec.env or {})}
         try:
             proc = subprocess.run(
                 list(spec.probe), capture_output=True, timeout=60, env=env, check=False
             )
-            _probe_cache[spec.probe] = proc.returncode == 0
+            ok = proc.returncode == 0
+            if ok and spec.probe_expect:
+                ok = spec.probe_expect.encode() in proc.stdout
+            _probe_cache[key] = ok
         except (OSError, subprocess.TimeoutExpired):
-            _probe_cache[spec.probe] = False
-    return _probe_cache[spec.probe]
+            _probe_cache[key] = False
+    return _probe_cache[key]
 
 
 def check_available(
@@ -360,6 +444,23 @@ def proc_cpu(pid: int) -> tuple[float, float]:
         user += int(fields[11]) + int(fields[13])
         system += int(fields[12]) + int(fields[14])
     return user / _CLK_TCK, system / _CLK_TCK
+
+
+def proc_faults(pid: int) -> int:
+    """Minor page faults of `pid` and its descendants (minflt, all threads).
+
+    A steady-state server takes next to none per request; two per request is
+    the signature of a fresh CPython process mmap-ing its 256 KiB recv buffers
+    (see `loadgen.c`, "Why prime")."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[7])  # field 10, minflt
+    return total
 
 
 def proc_rss_kb(pid: int) -> int:
@@ -473,6 +574,22 @@ def _port_accepts(host: str, port: int) -> bool:
             return False
 
 
+def prime(host: str, port: int, request: bytes, timeout: float = 10.0) -> None:
+    """One connection: send `request`, read one reply (or until the server closes), close.
+
+    Gets a fresh server into the state a long-running one is in, as loadgen's
+    ``-k`` does (see loadgen.c, "Why prime"): for drivers other than loadgen
+    (redis-benchmark, wrk) that do not close a connection before measuring.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.sendall(request)
+        with contextlib.suppress(OSError):
+            s.recv(65536)
+
+
 class ServerProcess:
     """A running server; use as a context manager so it is always stopped.
 
@@ -521,7 +638,8 @@ class ServerProcess:
         polls = 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(
+                error = ServerRejected if self.proc.returncode == 2 else BenchError
+                raise error(
                     f"{self.spec.name} exited with {self.proc.returncode}"
                     f" before it was ready:\n{self.stderr_tail()}"
                 )
@@ -599,6 +717,7 @@ def run_loadgen(
     other: list[str] = []
     t0 = t1 = 0.0
     cpu0 = cpu1 = (0.0, 0.0)
+    faults0 = faults1 = 0
     core0 = core1 = None
     psi0 = psi1 = None
     sampler: _RssSampler | None = None
@@ -608,12 +727,12 @@ def run_loadgen(
             word = line.strip()
             if word == "measuring" and server_pid is not None:
                 t0, cpu0, core0 = time.monotonic(), proc_cpu(server_pid), core_times(server_cpu)
-                psi0 = cpu_pressure_us()
+                psi0, faults0 = cpu_pressure_us(), proc_faults(server_pid)
                 sampler = _RssSampler(server_pid)
                 sampler.start()
             elif word == "done" and server_pid is not None:
                 t1, cpu1, core1 = time.monotonic(), proc_cpu(server_pid), core_times(server_cpu)
-                psi1 = cpu_pressure_us()
+                psi1, faults1 = cpu_pressure_us(), proc_faults(server_pid)
             elif word:
                 other.append(word)
         stdout = proc.stdout.read()
@@ -645,6 +764,7 @@ def run_loadgen(
             user_us_per_req=1e6 * user / window / rps,
             cpu_us_per_req=1e6 * (user + system) / window / rps,
             rss_mb=peak_rss / 1024,
+            server_faults_per_req=(faults1 - faults0) / window / rps,
         )
         if psi0 is not None and psi1 is not None:
             result["cpu_pressure_pct"] = 100 * (psi1 - psi0) / 1e6 / window
@@ -690,12 +810,74 @@ def measure(
     return result
 
 
+def run_refgen(
+    tools: Tools,
+    host: str,
+    port: int,
+    case: Case,
+    duration: float,
+    warmup: float,
+    client_cpu: int | None = None,
+) -> dict[str, Any]:
+    """Run the reference generator (refgen.c) once: a cross-check of loadgen.
+
+    It shares no code with loadgen and makes the plainest choices (blocking
+    sockets, one poll() thread, one request per connection at a time, a
+    warm-up round whose connections close), so a server that loadgen
+    measures differently from refgen points at loadgen.  Ping-pong only (`case.depth` must be 1), no idle
+    connections, no latencies: requests, seconds, rps, errors.
+    """
+    if case.depth != 1 or case.idle:
+        raise ValueError("refgen drives ping-pong connections only (depth 1, no idle)")
+    argv = [
+        str(tools.refgen), "-H", host, "-p", str(port), "-c", str(case.connections),
+        "-s", str(case.size), "-m", case.mode, "-t", str(duration), "-w", str(warmup),
+    ]  # fmt: skip
+    try:
+        proc = _spawn_pinned(client_cpu, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=warmup + duration + 60)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
+        raise BenchError("refgen did not finish in time") from exc
+    try:
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise BenchError(f"refgen failed (exit {proc.returncode}): {err[-1000:]}") from exc
+    return result
+
+
+def measure_refgen(
+    spec: ServerSpec,
+    case: Case,
+    tools: Tools,
+    duration: float,
+    warmup: float,
+    host: str = "127.0.0.1",
+    cpus: tuple[int | None, int | None] | None = None,
+) -> dict[str, Any]:
+    """`measure`, but driven by refgen instead of loadgen: throughput, and the
+    server's CPU% over refgen's whole run (connects and warm-up included)."""
+    server_cpu, client_cpu = cpus if cpus is not None else cpu_plan()
+    port = free_port(host)
+    with ServerProcess(spec, host, port, server_cpu) as server:
+        t0, cpu0 = time.monotonic(), proc_cpu(server.pid)
+        result = run_refgen(tools, host, port, case, duration, warmup, client_cpu)
+        t1, cpu1 = time.monotonic(), proc_cpu(server.pid)
+        # Over refgen's whole life (both rounds): ~100 means the server had its core busy.
+        result["server_cpu_pct"] = 100 * (sum(cpu1) - sum(cpu0)) / max(t1 - t0, 1e-9)
+        if not server.alive():
+            result["errors"] = max(1, int(result.get("errors", 0)))
+    return result
+
+
 # ---------------------------------------------------------------- suites
 
 _MEDIAN_KEYS = (
     "rps", "p50_us", "p99_us", "p999_us", "mean_us", "user_us_per_req", "cpu_us_per_req",
     "server_cpu_pct", "server_user_pct", "rss_mb", "client_cpu_pct", "core_user_pct",
     "core_sys_pct", "core_softirq_pct", "core_user_us_per_req", "cpu_pressure_pct",
+    "server_faults_per_req",
 )  # fmt: skip
 
 #: Runs with more CPU pressure than this (% of the window) had competition.
@@ -735,11 +917,13 @@ def run_suite(
     if progress and cpus == (None, None):
         progress("note: fewer than 2 usable cores: server and loadgen are not pinned")
     runs: list[dict[str, Any]] = []
+    rejected: list[str] = []
     with pinned_to(cpus[1]):
         _run_all(
             usable, cases, tools, repeat, duration, warmup, host, cpus, runs, progress,
-            loadgen_args,
+            loadgen_args, rejected,
         )  # fmt: skip
+    skipped += rejected
     rows = summarize(runs, [c.name for c in cases], [s.name for s in usable])
     if refs:
         add_ratios(rows, refs)
@@ -758,6 +942,7 @@ def _run_all(
     runs: list[dict[str, Any]],
     progress: Progress | None,
     loadgen_args: Sequence[str],
+    rejected: list[str],
 ) -> None:
     total = len(cases) * repeat * len(usable)
     n = 0
@@ -766,6 +951,8 @@ def _run_all(
         for r in range(repeat):
             for spec in usable:  # interleaved: A, B, C, A, B, C, ...
                 n += 1
+                if spec.name in rejected:
+                    continue
                 label = f"[{n}/{total}] {case.name:<22} {spec.name:<22} run {r + 1}/{repeat}"
                 try:
                     res = measure(
@@ -782,6 +969,15 @@ def _run_all(
                         msg += f"  ERRORS {res['errors']}"
                     if (res.get("cpu_pressure_pct") or 0) > BUSY_PRESSURE_PCT:
                         msg += f"  BUSY MACHINE (cpu pressure {res['cpu_pressure_pct']:.0f}%)"
+                except ServerRejected as exc:
+                    rejected.append(spec.name)
+                    if progress:
+                        first = (exc.args[0].splitlines() or [""])[0]
+                        progress(
+                            f"note: skipping {spec.name}: the server rejected its command"
+                            f" line ({first})"
+                        )
+                    continue
                 except BenchError as exc:
                     res = {"failed": str(exc), "errors": 1}
                     msg = f"FAILED: {str(exc).splitlines()[0]}"
@@ -817,8 +1013,17 @@ def summarize(
                 row[key] = statistics.median(vals) if vals else None
             if len(ok) < len(group):
                 row["failed"] = len(group) - len(ok)
+            mark_busy(row, ok)
             rows.append(row)
     return rows
+
+
+def mark_busy(row: dict[str, Any], runs: Sequence[Mapping[str, Any]]) -> None:
+    """Set ``busy_runs`` (runs of `row` whose CPU pressure exceeded BUSY_PRESSURE_PCT)
+    and ``max_cpu_pressure_pct``: `format_table` and the chart mark such rows."""
+    pressures = [float(r.get("cpu_pressure_pct") or 0) for r in runs]
+    row["busy_runs"] = sum(p > BUSY_PRESSURE_PCT for p in pressures)
+    row["max_cpu_pressure_pct"] = max(pressures, default=None)
 
 
 def add_ratios(rows: list[dict[str, Any]], refs: Mapping[str, str]) -> None:
@@ -884,11 +1089,36 @@ def _cell(row: Mapping[str, Any], col: Column) -> str:
     return str(v)
 
 
+BUSY_COLUMN = Column("busy", "busy")
+
+
+def _busy_cell(row: Mapping[str, Any]) -> str | None:
+    n = row.get("busy_runs") or 0
+    if not n:
+        return None
+    return f"! {n}/{row.get('runs', n)} runs"
+
+
+def _with_busy(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]
+) -> tuple[list[Mapping[str, Any]], list[Column]]:
+    """Add a "busy" column marking rows whose runs had CPU competition, if any had."""
+    if not any(r.get("busy_runs") for r in rows) or any(c.key == "busy" for c in columns):
+        return list(rows), list(columns)
+    marked: list[Mapping[str, Any]] = [{**r, "busy": _busy_cell(r)} for r in rows]
+    return marked, [*columns, BUSY_COLUMN]
+
+
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    """A plain-text table with aligned columns (text left, numbers right)."""
+    """A plain-text table with aligned columns (text left, numbers right).
+
+    Rows whose runs had other processes competing for the CPUs get a "busy"
+    column ("! 2/3 runs"): their numbers are suspect.
+    """
+    rows, columns = _with_busy(rows, columns)
     cells = [[_cell(r, c) for c in columns] for r in rows]
     widths = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    numeric = [bool(c.fmt) for c in columns]
+    numeric = [bool(c.fmt) or c is BUSY_COLUMN for c in columns]  # right-aligned
 
     def line(vals: Sequence[str]) -> str:
         return "  ".join(
@@ -907,7 +1137,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    """The same table as GitHub-flavoured markdown."""
+    """The same table as GitHub-flavoured markdown (with the same "busy" marks)."""
+    rows, columns = _with_busy(rows, columns)
     head = "| " + " | ".join(c.header for c in columns) + " |"
     sep = "|" + "|".join("---:" if c.fmt else "---" for c in columns) + "|"
     body = ["| " + " | ".join(_cell(r, c) for c in columns) + " |" for r in rows]
@@ -974,26 +1205,44 @@ def write_json(path: str | os.PathLike[str], result: SuiteResult, meta: Mapping[
 def plot_chart(
     rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
 ) -> bool:
-    """Grouped bars of req/s and user CPU µs/request per case; False if no matplotlib."""
+    """Grouped bars of req/s and user CPU µs/request per case; False if no matplotlib.
+
+    The legend sits below the plots, never over a bar.  Bars of rows whose runs
+    had CPU competition are hatched, and the figure says so under the title.
+    """
     try:  # optional dependency, imported by name so type checkers need no stubs
         matplotlib = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
         plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         return False
+    fig = draw_chart(rows, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def draw_chart(rows: Sequence[Mapping[str, Any]], title: str = "") -> Any:
+    """The matplotlib Figure `plot_chart` saves (matplotlib must be importable)."""
+    plt = importlib.import_module("matplotlib.pyplot")
     cases = list(dict.fromkeys(r["case"] for r in rows))
     # "asyncio-rpc-protocol" and "asyncio-protocol" are one kind of peer: one colour.
     labels = list(dict.fromkeys(_chart_label(r["peer"]) for r in rows))
     colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     per_case = {c: [r for r in rows if r["case"] == c] for c in cases}
     most = max(len(v) for v in per_case.values())
-    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.45 * len(cases) * most + 2), 8))
+    legend_rows = -(-(len(labels) + 1) // 4)
+    fig, axes = plt.subplots(
+        2,
+        1,
+        figsize=(max(8.0, 0.45 * len(cases) * most + 2), 8 + 0.3 * legend_rows),
+        layout="constrained",
+    )
     width = 0.8 / most
     for ax, key, ylabel in (
         (axes[0], "rps", "req/s (median)"),
         (axes[1], "user_us_per_req", "server user CPU µs / request"),
     ):
-        seen: set[str] = set()
         for j, case in enumerate(cases):
             group = per_case[case]
             for i, row in enumerate(group):
@@ -1004,20 +1253,39 @@ def plot_chart(
                     row.get(key) or 0,
                     width,
                     color=colours[lab],
-                    label=None if lab in seen else lab,
+                    hatch="//" if row.get("busy_runs") else None,
+                    edgecolor="black" if row.get("busy_runs") else None,
                 )
-                seen.add(lab)
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, ncol=min(4, len(labels)))
-    if title:
-        axes[0].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+        ax.margins(y=0.08)
+    patch = importlib.import_module("matplotlib.patches").Patch
+    handles = [patch(facecolor=colours[lab], label=lab) for lab in labels]
+    busy = [r for r in rows if r.get("busy_runs")]
+    if busy:
+        handles.append(patch(facecolor="white", edgecolor="black", hatch="//", label="disturbed"))
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(4, len(handles)),
+        fontsize=8,
+        frameon=False,
+    )
+    heading = title
+    if busy:
+        worst = max(float(r.get("max_cpu_pressure_pct") or 0) for r in busy)
+        note = (
+            f"disturbed: hatched bars ({len(busy)} of {len(rows)}) had runs with other "
+            f"processes competing for the CPUs (cpu pressure up to {worst:.0f}%)"
+        )
+        heading = f"{title}\n{note}" if title else note
+    if heading:  # wrapped to the figure's width (~11 characters an inch at this size)
+        width = int(fig.get_figwidth() * 11)
+        heading = "\n".join(textwrap.fill(line, width) for line in heading.splitlines())
+        fig.suptitle(heading, fontsize=10)
+    return fig
 
 
 def _chart_label(peer: str) -> str:
@@ -1032,7 +1300,8 @@ def contention_note(runs: Sequence[Mapping[str, Any]]) -> str | None:
     worst = max(float(r["cpu_pressure_pct"]) for r in busy)
     return (
         f"warning: {len(busy)} of {len(runs)} runs had other processes competing for the "
-        f"CPUs (cpu pressure up to {worst:.0f}% of the window); rerun on a quiet machine"
+        f"CPUs (cpu pressure up to {worst:.0f}% of the window; rows marked in the busy "
+        f"column); rerun on a quiet machine"
     )
 
 

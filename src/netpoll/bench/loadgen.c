@@ -14,8 +14,26 @@
  *   frame : a request is a 4-byte big-endian length + `size` bytes; responses
  *           are parsed as frames of the same shape, one response per frame.
  *
- * Phases: connect (all active and idle connections, in batches) -> warm-up
+ * Phases: prime (-k connections, one at a time: connect, one request, close)
+ * -> connect (all active and idle connections, in batches) -> warm-up
  * (-w s, not recorded) -> measured window (-t s, or until -n responses).
+ *
+ * Why prime.  A benchmark should meet the server in the state a long-running
+ * server is in, and a long-running server has seen connections close.  A fresh
+ * CPython process has not, and that matters a lot: asyncio's transports (and
+ * Streams) read with sock.recv(256 KiB), a buffer above glibc's initial mmap
+ * threshold (128 KiB), so every read costs mmap + mremap (shrinking it to the
+ * bytes received) + munmap, and a page fault -- until the first time such a
+ * buffer is freed at full size (recv returning b"" on a closing connection),
+ * when glibc raises its threshold and the buffers come from the heap from then
+ * on.  Measured: 20,000 echo requests to a fresh asyncio Protocol server cost
+ * 21,055 mmap, 20,050 mremap and 20,099 munmap calls; after one connection had
+ * closed, 1,006 / 1 / 50; 2 page faults per request against 0, and about twice
+ * the server CPU per request.  Without priming this generator measured
+ * asyncio's cold start (issue 11: 16.4k req/s against 49.0k from another
+ * generator; docs/benchmarks.md, "Round 2 baseline").  aiofastnet allocates a
+ * fresh buffer per read too and was affected alike; uvloop, BufferedProtocol
+ * and netpoll read into buffers of their own and never showed it.
  * The markers "measuring" and "done" are written to stderr, unbuffered, at the
  * window's start and end so a harness can sample the server's CPU over exactly
  * the same window.  The result is one JSON line on stdout.
@@ -154,7 +172,8 @@ static struct {
     int quiet;
     int verify;
     double spin_us;
-} opt = {"127.0.0.1", NULL, NULL, 50, 1024, 1, 5.0, 1.0, 0, MODE_ECHO, 0, 10.0, 0, 0, 0.0};
+    int prime;
+} opt = {"127.0.0.1", NULL, NULL, 50, 1024, 1, 5.0, 1.0, 0, MODE_ECHO, 0, 10.0, 0, 0, 0.0, 1};
 
 static int ep = -1;
 static conn_t *conns;
@@ -207,6 +226,9 @@ static void usage(FILE *f)
             "  -T SEC    timeout for establishing all connections (default 10)\n"
             "  -q        no progress markers on stderr\n"
             "  -V        verify every response byte (mismatches count as errors)\n"
+            "  -k N      prime the server first: N connections, one after another, each sends\n"
+            "            one request, reads the response and closes (default 1; 0 = none);\n"
+            "            a long-running server has seen connections close, a fresh one not\n"
             "  -b USEC   busy-poll for up to USEC microseconds after the last event before\n"
             "            sleeping in epoll_wait (default 0 = never spin); spinning spares the\n"
             "            server the cost of waking the generator; client_busy_pct excludes it\n"
@@ -492,6 +514,46 @@ static int connect_all(void)
     return live_active > 0 ? 0 : -1;
 }
 
+/* ------------------------------------------------------------------ prime phase */
+
+/* One blocking connection: send one request, read one whole response, close.
+ * Returns 0, or -1 (the caller counts it as a connect error). */
+static int prime_one(void)
+{
+    int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv;
+    tv.tv_sec = (time_t)opt.connect_timeout;
+    tv.tv_usec = (suseconds_t)((opt.connect_timeout - (double)tv.tv_sec) * 1e6);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int rc = -1;
+    if (connect(fd, (struct sockaddr *)&addr, addrlen) < 0)
+        goto out;
+    for (size_t off = 0; off < reqlen;) {
+        ssize_t n = send(fd, sendbuf + off, reqlen - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out;
+        off += (size_t)n;
+    }
+    /* echo and frame alike: the response to one request is reqlen bytes */
+    for (size_t got = 0; got < reqlen;) {
+        ssize_t n = recv(fd, rbuf, sizeof rbuf, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out;
+        got += (size_t)n;
+    }
+    rc = 0;
+out:
+    close(fd);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static int parse_num(const char *s, double *out)
@@ -510,7 +572,7 @@ int main(int argc, char **argv)
     int ch;
     double v;
     int t_given = 0;
-    while ((ch = getopt(argc, argv, "H:p:u:c:s:d:t:w:i:m:n:T:qVb:h")) != -1) {
+    while ((ch = getopt(argc, argv, "H:p:u:c:s:d:t:w:i:m:n:T:qVb:k:h")) != -1) {
         int bad = 0;
         switch (ch) {
         case 'H': opt.host = optarg; break;
@@ -527,6 +589,7 @@ int main(int argc, char **argv)
         case 'q': opt.quiet = 1; break;
         case 'V': opt.verify = 1; break;
         case 'b': bad = parse_num(optarg, &v) || v > 1e6; opt.spin_us = v; break;
+        case 'k': bad = parse_num(optarg, &v) || v > 1e6; opt.prime = (int)v; break;
         case 'm':
             if (strcmp(optarg, "echo") == 0)
                 opt.mode = MODE_ECHO;
@@ -598,6 +661,12 @@ int main(int argc, char **argv)
     if (ep < 0) {
         perror("loadgen: epoll_create1");
         return 1;
+    }
+    for (int k = 0; k < opt.prime && !interrupted; k++) {
+        if (prime_one() < 0) {
+            errors++;
+            connect_errors++;
+        }
     }
     uint64_t t_conn0 = now_ns();
     if (connect_all() < 0) {
@@ -696,7 +765,7 @@ int main(int argc, char **argv)
            "\"idle\": %d, \"size\": %zu, \"depth\": %u, \"mode\": \"%s\", "
            "\"mean_us\": %.1f, \"min_us\": %.1f, \"max_us\": %.1f, "
            "\"connect_errors\": %llu, \"frame_errors\": %llu, \"data_errors\": %llu, "
-           "\"open_at_end\": %d, "
+           "\"open_at_end\": %d, \"primed\": %d, "
            "\"warmup_requests\": %llu, \"connect_seconds\": %.3f, \"client_cpu_pct\": %.1f, "
            "\"client_busy_pct\": %.1f}\n",
            (unsigned long long)measured, secs, (double)measured / secs, hist_quantile(0.50) / 1e3,
@@ -705,7 +774,7 @@ int main(int argc, char **argv)
            opt.mode == MODE_ECHO ? "echo" : "frame", mean / 1e3,
            hist_total ? (double)hist_min / 1e3 : 0.0, (double)hist_max / 1e3,
            (unsigned long long)connect_errors, (unsigned long long)frame_errors,
-           (unsigned long long)data_errors, established,
+           (unsigned long long)data_errors, established, opt.prime,
            (unsigned long long)warm_done, (double)(t_conn1 - t_conn0) / 1e9,
            100.0 * (cpu1 - cpu0) / secs,
            busy_pct > 0 ? busy_pct : 0.0);

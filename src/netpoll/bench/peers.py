@@ -16,7 +16,13 @@ Kinds:
 ``rpc-buffered``  the same on a BufferedProtocol parsing in place.
 ``rpc-streams``   the same with ``readexactly`` / ``write`` / ``drain``.
 
-Run: ``python -m netpoll.bench.peers --kind K --host H --port P [--uvloop]``.
+Loops: stock asyncio, or uvloop with ``--uvloop``; ``--aiofastnet`` runs the
+same code on aiofastnet's Cython transports over either loop (the loop is made
+by ``aiofastnet.loop_factory``, which routes ``create_server`` and
+``start_server`` through aiofastnet).  uvloop and aiofastnet are optional: if
+one is asked for and not installed the script exits with status 2.
+
+Run: ``python -m netpoll.bench.peers --kind K --host H --port P [--uvloop] [--aiofastnet]``.
 Prints ``ready`` once listening and serves until SIGINT/SIGTERM.
 """
 
@@ -301,17 +307,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unix", metavar="PATH", help="bind a unix socket instead of host/port")
     parser.add_argument("--backlog", type=int, default=4096, help="listen backlog (default 4096)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    parser.add_argument(
+        "--aiofastnet",
+        action="store_true",
+        help="use aiofastnet's transports on the chosen loop (aiofastnet.loop_factory)",
+    )
     args = parser.parse_args(argv)
     _raise_nofile()
+    base: Callable[[], asyncio.AbstractEventLoop] | None = None
     if args.uvloop:
         try:
-            uvloop = importlib.import_module("uvloop")
+            base = importlib.import_module("uvloop").new_event_loop
         except ImportError:
             print("uvloop is not installed", file=sys.stderr)
             return 2
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    factory = base
+    if args.aiofastnet:
+        try:
+            aiofastnet = importlib.import_module("aiofastnet")
+        except ImportError:
+            print("aiofastnet is not installed (pip install aiofastnet)", file=sys.stderr)
+            return 2
+        factory = aiofastnet.loop_factory(base)
     try:
-        asyncio.run(serve(args.kind, args.host, args.port, args.unix, args.backlog))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(args.kind, args.host, args.port, args.unix, args.backlog))
     except KeyboardInterrupt:
         pass
     return 0
