@@ -274,6 +274,8 @@ cdef class Connection:
     # state transitions
     cdef int on_peer_closed(self) except -1
     cdef int start_handler(self) except -1
+    cdef int run_plain(self) except -1
+    # on_request as a plain function, without a Handler (hands over if it returns an awaitable).
     cdef int connected(self, object ctx) except -1
     # on_connect finished (ctx is its result): CS_NEW -> CS_CONNECTED.
     cdef int handler_done(self) except -1

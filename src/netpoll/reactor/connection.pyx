@@ -312,10 +312,46 @@ cdef class Connection:
             return 0
         if self.on_request is None and (self.on_connect is None or self.connect_state):
             return 0
+        if self.handler is None and self.connect_state == CS_CONNECTED and self.runner is None:
+            return self.run_plain()
         if self.handler is None:
             self.handler = Handler(self, self.loop)
         self.processing = True
         self.handler.run()
+        return 0
+
+    cdef int run_plain(self) except -1:
+        # The on_request loop without a Handler, for as long as on_request is a
+        # plain function (same rules: serial, re-called while it consumes or
+        # data arrives, no busy loop). A call that returns an awaitable hands
+        # over to a Handler from that point on.
+        cdef Py_ssize_t gen, rx
+        cdef Handler h
+        self.processing = True
+        while (self.closed_by != BY_USER and self.on_request is not None
+               and self.inbuf.length and not self.detached):
+            gen = self.inbuf.gen
+            rx = self.rx_total
+            try:
+                res = self.on_request(self.ctx, self)
+            except BaseException as exc:
+                h = self.handler = Handler(self, self.loop)
+                h.phase = PH_REQUEST
+                h.on_error(exc)
+                h.finish()
+                return 0
+            if res is not None and (PyCoro_CheckExact(res) or hasattr(res, "__await__")):
+                h = self.handler = Handler(self, self.loop)
+                h.phase = PH_REQUEST
+                h.consumed_mark = gen
+                h.rx_mark = rx
+                h.set_coro(res)
+                if h.step(None) == 0:
+                    h.run()
+                return 0
+            if self.inbuf.gen == gen and self.rx_total == rx:
+                break
+        self.handler_done()
         return 0
 
     cdef int connected(self, object ctx) except -1:
@@ -959,12 +995,14 @@ cdef class Connection:
     def write_buffer(self, LinkBuffer other not None):
         """Move all readable data of `other` to the output without copying; `other` is closed."""
         self._writable("write_buffer")
-        self.outbuf.write_buffer(other)
+        other._check_write("write_buffer")
+        self.outbuf.c_append(other)
 
     def append(self, LinkBuffer other not None):
         """Same as write_buffer."""
         self._writable("append")
-        self.outbuf.write_buffer(other)
+        other._check_write("append")
+        self.outbuf.c_append(other)
 
     def flush(self):
         """Awaitable: hand everything written to the kernel.
