@@ -320,6 +320,7 @@ cdef class EventLoop:
     cdef Py_ssize_t read_limit
     cdef Py_ssize_t write_limit
     cdef object runner
+    cdef object context          # copied at serve(); each connection copies it again
     cdef object loop
     cdef object listener
     cdef int lfd

@@ -55,7 +55,7 @@ cdef class Connection:
         self.fd = -1
         self.closed_by = BY_USER
         self.finished = True
-        self.close_callbacks = []
+        self.close_callbacks = None      # made on the first add_close_callback
         self.inbuf = LinkBuffer.__new__(LinkBuffer)
         self.inbuf.owned = True
         self.outbuf = LinkBuffer.__new__(LinkBuffer)
@@ -79,7 +79,9 @@ cdef class Connection:
         self.network = network
         self.server = server
         self.poller = pick_poller(loop)
-        self.context = PyContext_CopyCurrent()
+        # an accepted connection starts with its server's Context and copies it when
+        # its first handler runs (an idle connection holds no Context of its own)
+        self.context = server.context if server is not None else PyContext_CopyCurrent()
         self.closed_by = OPEN
         self.finished = False
         self.book_size = config.buffer_size
@@ -315,6 +317,8 @@ cdef class Connection:
         if self.handler is None and self.connect_state == CS_CONNECTED and self.runner is None:
             return self.run_plain()
         if self.handler is None:
+            if self.server is not None:
+                self.context = self.context.copy()      # one Context per connection
             self.handler = Handler(self, self.loop)
         self.processing = True
         self.handler.run()
@@ -341,6 +345,8 @@ cdef class Connection:
                 h.finish()
                 return 0
             if res is not None and (PyCoro_CheckExact(res) or hasattr(res, "__await__")):
+                if self.server is not None:
+                    self.context = self.context.copy()
                 h = self.handler = Handler(self, self.loop)
                 h.phase = PH_REQUEST
                 h.consumed_mark = gen
@@ -483,7 +489,7 @@ cdef class Connection:
         self.closed_by = self.closed_by or BY_USER
         self.registered = False
         self.events = 0
-        self.close_callbacks = []
+        self.close_callbacks = None
         self.read_waiter = None
         self.flush_waiter = None
         if not self.finished:
@@ -505,8 +511,8 @@ cdef class Connection:
             return 0
         self.finished = True
         cbs = self.close_callbacks
-        self.close_callbacks = []
-        for cb in reversed(cbs):
+        self.close_callbacks = None
+        for cb in reversed(cbs or ()):
             try:
                 cb(self)
             except Exception as exc:
@@ -694,6 +700,8 @@ cdef class Connection:
                 _run_close_callback(cb, self)
             else:
                 self.loop.call_soon(_run_close_callback, cb, self)
+        elif self.close_callbacks is None:
+            self.close_callbacks = [cb]
         else:
             self.close_callbacks.append(cb)
 

@@ -88,6 +88,7 @@ cdef class EventLoop:
         if lfd < 0:
             raise ValueError("EventLoop.serve: the listener is closed")
         self.loop = asyncio.get_running_loop()
+        self.context = PyContext_CopyCurrent()
         self.listener = listener
         self.lfd = lfd
         self.network = listener.network
