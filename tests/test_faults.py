@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 import netpoll
-from conftest import wait_for
+from conftest import fd_count, rss_kib, wait_for
 from netpoll import Connection, ConnectionClosedError, EndOfStreamError, ReadTimeoutError
 
 pytestmark = pytest.mark.timeout(120)
@@ -65,21 +65,8 @@ def size(request: pytest.FixtureRequest) -> str:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def fd_count() -> int:
-    """Open sockets of this process (the pollers' epoll fds live as long as their loop)."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    return n
 
 
-def rss_kib(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def frame(payload: bytes) -> bytes:

@@ -16,7 +16,6 @@ receive queue; shutdown takes those in). Checked:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 
 import netpoll
+from conftest import fd_count
 from netpoll import Connection
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,13 +55,6 @@ def size(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def fd_count() -> int:
-    """Open sockets of this process."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    return n
 
 
 def frame(payload: bytes) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import netpoll
-from conftest import wait_for
+from conftest import fd_count, rss_kib, wait_for
 from netpoll import Connection, ConnectionClosedError, EndOfStreamError, _buffer
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,21 +59,8 @@ def size(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def fd_count() -> int:
-    """Open sockets of this process."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    return n
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def frame(payload: bytes) -> bytes:
