@@ -5,7 +5,7 @@ response is a frame, a 4-byte big-endian payload length followed by the
 payload. The server decodes each request and encodes its response (the same
 payload) into a new buffer.
 
-    python examples/rpc_server.py --host 127.0.0.1 --port 9000 [--uvloop]
+    python examples/rpc_server.py --host 127.0.0.1 --port 9000 [--uvloop] [--handler sync]
     python examples/rpc_server.py --unix /tmp/rpc.sock
 
 It prints ``listening on ADDRESS`` and then ``ready`` on stdout once it
@@ -17,8 +17,14 @@ file, so ``on_request`` is written for speed:
   is there (requests may arrive split, or many in one read);
 * reads never wait: the length is peeked, and the frame is taken only once
   it is whole (otherwise the handler returns and runs again on more data);
-* responses are encoded straight into the connection's output buffer with
-  ``malloc`` and go out in ONE flush per call, however many there were.
+* each response is encoded into the connection's output buffer with
+  ``write_binary`` (a header, then a zero-copy view of the payload) and they go out
+  in ONE flush per call, however many there were.
+
+``--handler sync`` serves with ``on_request_plain`` instead: the same parsing as a plain
+function on ``conn.input`` with ``conn.flush_nowait()``, run inside the poller's pass with
+no coroutine (docs/handler-model.md); the server then bounds unsent output with
+``write_buffer_limit``.
 """
 
 from __future__ import annotations
@@ -62,7 +68,29 @@ async def on_request(ctx: Any, conn: netpoll.Connection) -> None:
         await conn.writer.flush()
 
 
-async def serve(host: str, port: int, unix: str | None = None) -> None:
+def on_request_plain(ctx: Any, conn: netpoll.Connection) -> None:
+    """The same answer as on_request, as a plain function: sync reads, flush_nowait()."""
+    buf = conn.input
+    avail = len(buf)
+    if avail < 4:
+        return
+    data = buf.peek(avail)
+    write = conn.write_binary
+    pos = 0
+    while avail - pos >= 4:
+        n = _HEADER.unpack_from(data, pos)[0]
+        end = pos + 4 + n
+        if end > avail:
+            break                          # called again when the rest arrives
+        write(_HEADER.pack(n))
+        write(data[pos + 4:end])
+        pos = end
+    if pos:
+        buf.skip(pos)
+        conn.flush_nowait()
+
+
+async def serve(host: str, port: int, unix: str | None = None, handler: str = "async") -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
     ln: netpoll.Listener
     if unix:
@@ -73,7 +101,10 @@ async def serve(host: str, port: int, unix: str | None = None) -> None:
         addr_host, addr_port = tcp.addr
         ln = tcp
         where = f"[{addr_host}]:{addr_port}" if ":" in addr_host else f"{addr_host}:{addr_port}"
-    server = netpoll.EventLoop(on_request)
+    if handler == "sync":
+        server = netpoll.EventLoop(on_request_plain, write_buffer_limit=4 << 20)
+    else:
+        server = netpoll.EventLoop(on_request)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -100,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=9000, help="TCP port (9000; 0 = any)")
     parser.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--handler", choices=["async", "sync"], default="async",
+                        help="async (coroutine) or sync (plain function) handler")
     args = parser.parse_args(argv)
-    coro = serve(args.host, args.port, args.unix)
+    coro = serve(args.host, args.port, args.unix, args.handler)
     if args.uvloop:
         import uvloop
 

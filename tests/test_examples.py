@@ -73,10 +73,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(script: str, uvloop: bool = False, port: int = 0) -> Iterator[Server]:
+def server(script: str, uvloop: bool = False, port: int = 0,
+           extra: tuple[str, ...] = ()) -> Iterator[Server]:
     argv = [sys.executable, str(EXAMPLES / script), "--host", "127.0.0.1", "--port", str(port)]
     if uvloop:
         argv.append("--uvloop")
+    argv.extend(extra)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=env) as proc:
@@ -171,10 +173,13 @@ def test_rpc_pool_in_process(run: Any, uvloop: bool) -> None:
         run(main(srv.port), timeout=30)
 
 
-def test_rpc_server_split_and_coalesced_requests() -> None:
-    """Requests split byte by byte, and many in one write, are all answered in order."""
+@pytest.mark.parametrize("handler", ["async", "sync"])
+def test_rpc_server_split_and_coalesced_requests(handler: str) -> None:
+    """Requests split byte by byte, and many in one write, are all answered in order
+    (by the coroutine handler and by the plain-function one)."""
     payloads = [os.urandom(n) for n in (0, 1, 3, 4, 5, 100, 4096, 70_000)] * 3
-    with server("rpc_server.py") as srv, socket.create_connection(srv.address, 5) as sock:
+    with server("rpc_server.py", extra=("--handler", handler)) as srv, \
+            socket.create_connection(srv.address, 5) as sock:
         sock.settimeout(10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         first = rpc_frame(b"split")
