@@ -531,14 +531,20 @@ def test_workers_drain_when_the_supervisor_is_killed(start: Any) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_asyncio_server_drains_through_a_hook(start: Any) -> None:
-    sup = start(workers=1, serve="workers_app:serve_asyncio")
+@pytest.mark.parametrize("kind", ["asyncio", "transports"])
+def test_asyncio_server_drains_through_a_hook(start: Any, kind: str) -> None:
+    """A Streams server, on asyncio's transports and on netpoll.transports."""
+    sup = start(workers=1, serve=f"workers_app:serve_{kind}")
     (pid,) = sup.ready_pids(1)
     port = sup.port()
+    name = "asyncio" if kind == "asyncio" else "netpoll.transports"
 
     async def main() -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
+            writer.write(b"transport\n")
+            module = (await reader.readline()).decode().strip()
+            assert module.startswith("netpoll") == (kind == "transports"), module
             writer.write(b"ping\n")
             assert int(await reader.readline()) == pid
             writer.write(b"slow\n")             # in flight when the signal comes
@@ -555,7 +561,7 @@ def test_asyncio_server_drains_through_a_hook(start: Any) -> None:
 
     assert run(main()) == pid
     assert sup.proc.wait(10) == 0, sup.text()
-    assert "asyncio server drained" in sup.text()
+    assert f"{name} server drained" in sup.text()
     assert_no_orphans(sup)
 
 

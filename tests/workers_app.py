@@ -9,7 +9,8 @@ worker that answered, so a test sees which worker served it.
 * ``block`` blocks the worker's event loop for 60 s (the heartbeat timeout)
 
 ``serve`` is a plain EventLoop server; ``serve_asyncio`` the same protocol
-on an asyncio Streams server, drained through an ``on_shutdown`` hook.
+on an asyncio Streams server, drained through an ``on_shutdown`` hook, and
+``serve_transports`` that Streams server on ``netpoll.transports``.
 ``WORKERS_APP_FAIL=import`` makes importing this module raise;
 ``serve_fails`` raises when it starts.
 """
@@ -52,7 +53,7 @@ async def serve_fails(listener: Any) -> None:
     raise RuntimeError("serve_fails: cannot start")
 
 
-async def serve_asyncio(listener: Any) -> None:
+async def _serve_streams(listener: Any, start_server: Any, name: str) -> None:
     """Not an EventLoop: the worker cannot find it, so a hook drains it."""
     active: set[asyncio.Task[Any]] = set()
 
@@ -64,6 +65,10 @@ async def serve_asyncio(listener: Any) -> None:
             while line := await reader.readline():
                 if line.strip() == b"slow":
                     await asyncio.sleep(0.3)
+                if line.strip() == b"transport":
+                    writer.write(f"{type(writer.transport).__module__}\n".encode())
+                    await writer.drain()
+                    continue
                 writer.write(PID_LINE)
                 await writer.drain()
         finally:
@@ -71,13 +76,13 @@ async def serve_asyncio(listener: Any) -> None:
             writer.close()
 
     sock = socket.socket(fileno=os.dup(listener.fileno()))
-    server = await asyncio.start_server(handle, sock=sock)
+    server = await start_server(handle, sock=sock)
 
     async def drain() -> None:
         server.close()                   # stop accepting
         if active:                       # let running requests finish (3.11's
             await asyncio.wait(active)   # wait_closed does not wait for them)
-        print("workers_app: asyncio server drained", flush=True)
+        print(f"workers_app: {name} server drained", flush=True)
 
     worker = current_worker()
     assert worker is not None
@@ -86,3 +91,13 @@ async def serve_asyncio(listener: Any) -> None:
         await server.serve_forever()
     except asyncio.CancelledError:       # server.close() ends serve_forever
         pass
+
+
+async def serve_asyncio(listener: Any) -> None:
+    """An asyncio Streams server (stock transports)."""
+    await _serve_streams(listener, asyncio.start_server, "asyncio")
+
+
+async def serve_transports(listener: Any) -> None:
+    """The same Streams server on netpoll's transports (netpoll.transports.start_server)."""
+    await _serve_streams(listener, netpoll.transports.start_server, "netpoll.transports")
