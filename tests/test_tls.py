@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 
 import netpoll
-from netpoll import EndOfStreamError
-
 from conftest import fd_count, wait_for
+from netpoll import EndOfStreamError
 
 pytestmark = pytest.mark.timeout(60)
 

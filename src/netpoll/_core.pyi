@@ -1,4 +1,5 @@
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Any, Literal, final
 
 from typing_extensions import Buffer
@@ -27,7 +28,37 @@ async def dial(
     write_timeout: float,
     idle_timeout: float,
     write_limit: int = 0,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+    ssl_handshake_timeout: float | None = None,
 ) -> Connection: ...
+async def tls_server_handshake(c: Connection, ctx: SSLContext, timeout: float) -> Connection: ...
+async def tls_client_handshake(
+    c: Connection, ctx: SSLContext, server_hostname: str | None, timeout: float
+) -> Connection: ...
+def _prepare_context(ctx: SSLContext, server_side: bool) -> SSLContext: ...
+
+class TLSInfo:
+    """What a TLS connection negotiated (``conn.tls``)."""
+
+    version: str | None
+    cipher: str | None
+    alpn_protocol: str | None
+    server_hostname: str | None
+    peer_certificate: dict[str, Any] | None
+    def __init__(
+        self,
+        version: str | None,
+        cipher: str | None,
+        alpn_protocol: str | None,
+        server_hostname: str | None,
+        peer_certificate: dict[str, Any] | None,
+    ) -> None: ...
+
+class _SNIRecorder:
+    user: Any
+    def __init__(self, user: Any) -> None: ...
+    def __call__(self, sslobj: Any, name: str | None, ctx: SSLContext) -> Any: ...
 
 @final
 class Connection:
@@ -45,6 +76,8 @@ class Connection:
     def remote_addr(self) -> tuple[str, int] | str | None: ...
     def is_active(self) -> bool: ...
     def fileno(self) -> int: ...
+    @property
+    def tls(self) -> TLSInfo | None: ...
     def set_read_timeout(self, seconds: float | None) -> None: ...
     def set_write_timeout(self, seconds: float | None) -> None: ...
     def set_idle_timeout(self, seconds: float | None) -> None: ...
