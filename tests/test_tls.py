@@ -30,6 +30,20 @@ pytestmark = pytest.mark.timeout(60)
 OPENSSL = shutil.which("openssl")
 
 
+@pytest.fixture(params=["fast", "sslobject"], autouse=True)
+def tls_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on the OpenSSL fast path (where it resolves) and on SSLObject."""
+    from netpoll import _core
+
+    want = request.param == "fast"
+    prev = _core._tls_set_fast(want)
+    if want and not _core._tls_set_fast(True):
+        _core._tls_set_fast(prev)
+        pytest.skip("the OpenSSL fast path is not available here (libssl symbols not found)")
+    yield str(request.param)
+    _core._tls_set_fast(prev)
+
+
 def _sh(*args: str, cwd: Path) -> None:
     subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=60)
 
@@ -142,7 +156,9 @@ def test_echo_python_ssl_client(run: Any, pki: Path) -> None:
     run(main())
 
 
-def test_echo_netpoll_dialer(run: Any, pki: Path) -> None:
+def test_echo_netpoll_dialer(run: Any, pki: Path, tls_path: str) -> None:
+    from netpoll import _core
+
     async def main() -> None:
         infos: list[Any] = []
 
@@ -153,6 +169,7 @@ def test_echo_netpoll_dialer(run: Any, pki: Path) -> None:
             conn = await netpoll.dial_connection("tcp", f"127.0.0.1:{srv.port}",
                                                  ssl=client_ctx(pki), timeout=5)
             try:
+                assert _core._tls_is_fast(conn) == (tls_path == "fast")
                 assert conn.tls is not None
                 assert conn.tls.version in ("TLSv1.3", "TLSv1.2")
                 assert conn.tls.cipher

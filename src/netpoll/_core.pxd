@@ -21,6 +21,7 @@
 cimport cython
 from netpoll._buffer cimport LinkBuffer
 from netpoll.includes.system cimport epoll_event
+from netpoll.includes.openssl cimport NP_SSL, NP_BIO
 
 
 cdef enum CloseBy:
@@ -328,12 +329,21 @@ cdef class TLSLayer:
     cdef bint eof                 # the socket reached EOF or failed
     cdef bint close_notify        # the peer sent close_notify (a clean end)
     cdef bint truncated           # the stream ended without close_notify
+    # the fast path: OpenSSL called directly on the SSL*/BIO*s the objects above own
+    cdef bint fast
+    cdef NP_SSL* ssl
+    cdef NP_BIO* rbio
+    cdef NP_BIO* wbio
 
     cdef int start(self, Connection c, object ctx, bint server_side, object server_hostname,
                    double timeout) except -1
     cdef int cancel_timer(self, Connection c) except -1
     cdef int send_pending(self, int fd) except? -2
     # Send the ciphertext waiting: 0 all sent, 1 the socket is full, -errno.
+    cdef Py_ssize_t out_pending(self) except -1
+    # Ciphertext bytes not yet sent (outgoing BIO + `pending`).
+    cdef int feed(self, char* data, Py_ssize_t n) except -1
+    # Ciphertext received -> the incoming BIO.
 
 
 # -- server.pyx ---------------------------------------------------------------------

@@ -44,15 +44,80 @@
 # netpoll (TLS 1.3 has none; a TLS 1.2 peer asking for one is refused).
 
 from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
+from netpoll.includes.openssl cimport *
 
 import ssl as _ssl
+import sys as _sys
 
 cdef enum:
     TLS_RX = 65536              # ciphertext taken per recv
+    TLS_TX = 65536              # ciphertext taken out of the outgoing BIO per send
     TLS_ENCRYPT_BATCH = 262144  # plaintext encrypted per round of tls_send_out
 
-cdef char _tls_rx[TLS_RX]      # the GIL serialises all users (one recv at a time)
+cdef char _tls_rx[TLS_RX]      # the GIL serialises all users (one call at a time)
+cdef char _tls_tx[TLS_TX]
+
+# The fast path (np_openssl.h): OpenSSL's SSL_read/SSL_write/BIO_* called from C
+# on the SSL* and BIO*s of the objects Python's _ssl made. Resolved once, here.
+cdef bint _tls_fast_enabled = False
+cdef object _SSLSocketType = None
+cdef object _MemoryBIOType = None
+
+
+def _tls_find_libs():
+    """Paths of the libssl and libcrypto this process has loaded (for dlopen NOLOAD)."""
+    import _ssl as _ssl_c
+    libssl = libcrypto = ""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) < 6:
+                    continue
+                path = parts[5].strip()
+                base = os.path.basename(path)
+                if not libssl and base.startswith("libssl.so"):
+                    libssl = path
+                elif not libcrypto and base.startswith("libcrypto.so"):
+                    libcrypto = path
+    except OSError:
+        pass
+    if not libssl:          # OpenSSL linked into _ssl itself: its symbols, if exported
+        libssl = libcrypto = getattr(_ssl_c, "__file__", "") or ""
+    return libssl, libcrypto
+
+
+def _tls_init_fast():
+    global _tls_fast_enabled, _SSLSocketType, _MemoryBIOType
+    import _ssl as _ssl_c
+    if _sys.implementation.name != "cpython" or not ((3, 11) <= _sys.version_info[:2] <= (3, 14)):
+        return False        # the PySSLSocket/PySSLMemoryBIO prefixes are checked for these
+    if os.environ.get("NETPOLL_TLS_FAST", "1") == "0":
+        return False
+    libssl, libcrypto = _tls_find_libs()
+    if not np_ssl_init(os.fsencode(libssl), os.fsencode(libcrypto)):
+        return False
+    _SSLSocketType = _ssl_c._SSLSocket
+    _MemoryBIOType = _ssl_c.MemoryBIO
+    _tls_fast_enabled = True
+    return True
+
+
+_tls_init_fast()
+
+
+@cython.binding(True)
+def _tls_set_fast(flag):
+    """Turn the OpenSSL fast path on or off for new connections (tests, benchmarks).
+
+    Returns the previous setting; turning it on where it cannot work keeps it off.
+    """
+    global _tls_fast_enabled
+    prev = _tls_fast_enabled
+    _tls_fast_enabled = bool(flag) and np_ssl_ready != 0 and _SSLSocketType is not None
+    return prev
 
 cdef object _SSLWantReadError = _ssl.SSLWantReadError
 cdef object _SSLError = _ssl.SSLError
@@ -122,6 +187,12 @@ cdef class TLSLayer:
             self.sslobj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=False,
                                        server_hostname=server_hostname)
         self.timeout = timeout
+        if _tls_fast_enabled:
+            inner = getattr(self.sslobj, "_sslobj", None)
+            if (type(inner) is _SSLSocketType and type(self.incoming) is _MemoryBIOType
+                    and type(self.outgoing) is _MemoryBIOType):
+                self.fast = np_ssl_check(inner, self.incoming, self.outgoing,
+                                         &self.ssl, &self.rbio, &self.wbio) == 1
         c.tls_layer = self
         if timeout > 0:
             self.timer = c.poller.timers.push(monotonic() + timeout, c, T_TLS, None)
@@ -133,13 +204,52 @@ cdef class TLSLayer:
             self.timer = None
         return 0
 
+    cdef Py_ssize_t out_pending(self) except -1:
+        cdef Py_ssize_t n = 0
+        if self.pending is not None:
+            n = len(self.pending) - self.pending_off
+        if self.fast:
+            return n + np_BIO_pending(self.wbio)
+        return n + self.outgoing.pending
+
+    cdef int feed(self, char* data, Py_ssize_t n) except -1:
+        if self.fast:
+            if np_BIO_write(self.rbio, data, <int>n) != n:
+                raise MemoryError("tls: BIO_write failed")
+            return 0
+        self.incoming.write(PyMemoryView_FromMemory(data, n, PyBUF_READ))
+        return 0
+
     cdef int send_pending(self, int fd) except? -2:
         """Send the ciphertext waiting: 0 all sent, 1 the socket is full, -errno."""
         cdef Py_ssize_t n, size
         cdef const char* p
-        cdef int err
+        cdef int err, k
+        cdef Py_ssize_t off
+        if self.fast:
+            # straight from the outgoing BIO through a static buffer; only a
+            # partial send leaves bytes behind (in `pending`)
+            while self.pending is None:
+                k = np_BIO_read(self.wbio, _tls_tx, TLS_TX)
+                if k <= 0:
+                    return 0
+                off = 0
+                while off < k:
+                    n = send(fd, _tls_tx + off, k - off, MSG_NOSIGNAL | MSG_DONTWAIT)
+                    if n < 0:
+                        err = errno
+                        if err == EINTR:
+                            continue
+                        self.pending = PyBytes_FromStringAndSize(_tls_tx + off, k - off)
+                        self.pending_off = 0
+                        if err == EAGAIN:
+                            return 1
+                        return -err
+                    off += n
         while True:
             if self.pending is None:
+                if self.fast:
+                    return self.send_pending(fd)
                 if self.outgoing.pending == 0:
                     return 0
                 self.pending = self.outgoing.read()
@@ -233,7 +343,7 @@ cdef int tls_handshake_failed(Connection c, TLSLayer t, object exc) except -1:
     t.cancel_timer(c)
     config.logger.debug("netpoll: tls handshake failed on fd %d: %s", c.fd, exc)
     # the alert OpenSSL wrote, best effort
-    if not c.closed_by and t.pending is None and t.outgoing.pending:
+    if not c.closed_by and t.out_pending():
         t.send_pending(c.fd)
     w = t.waiter
     t.waiter = None
@@ -252,7 +362,7 @@ cdef int tls_do_read(Connection c, unsigned int ev, bint drain) except -1:
     while True:
         n = recv(c.fd, _tls_rx, TLS_RX, 0)
         if n > 0:
-            t.incoming.write(PyMemoryView_FromMemory(_tls_rx, n, PyBUF_READ))
+            t.feed(_tls_rx, n)
             reads += 1
             if ev & HUP_EVENTS or drain or (n == TLS_RX and reads < 4):
                 continue
@@ -289,6 +399,35 @@ cdef int tls_read_plain(Connection c, TLSLayer t) except -1:
     # (all of it: ciphertext left in the BIO would have no event to wake it).
     cdef Py_ssize_t avail, n, got = 0
     cdef char* p
+    cdef int r, e
+    if t.fast:
+        while not c.closed_by:
+            p = c.inbuf.book(c.book_size, c.max_size, &avail)
+            np_ERR_clear_error()
+            r = np_SSL_read(t.ssl, p, <int>min(avail, 1 << 30))
+            if r > 0:
+                c.inbuf.book_ack(r)
+                got += r
+                if r == c.book_size and c.book_size < BOOK_MAX:
+                    c.book_size <<= 1
+                if c.inbuf.length > c.max_size:
+                    c.max_size = min(c.inbuf.length, BOOK_MAX)
+                continue
+            c.inbuf.book_ack(0)
+            e = np_SSL_get_error(t.ssl, r)
+            if e == NP_SSL_ERROR_WANT_READ:
+                break
+            if e == NP_SSL_ERROR_ZERO_RETURN:
+                t.close_notify = True
+                t.eof = True
+                if not c.peer_eof:
+                    c.mark_eof(None)
+                break
+            break          # an error: the SSLObject call below raises it, with its reason
+        else:
+            return tls_plain_done(c, t, got)
+        if e == NP_SSL_ERROR_WANT_READ or e == NP_SSL_ERROR_ZERO_RETURN:
+            return tls_plain_done(c, t, got)
     while not c.closed_by:
         p = c.inbuf.book(c.book_size, c.max_size, &avail)
         try:
@@ -317,7 +456,11 @@ cdef int tls_read_plain(Connection c, TLSLayer t) except -1:
             c.book_size <<= 1
         if c.inbuf.length > c.max_size:
             c.max_size = min(c.inbuf.length, BOOK_MAX)
-    if t.outgoing.pending:
+    return tls_plain_done(c, t, got)
+
+
+cdef int tls_plain_done(Connection c, TLSLayer t, Py_ssize_t got) except -1:
+    if t.out_pending():
         tls_send(c, t)          # e.g. a key update's answer
     if got:
         c.rx_total += got
@@ -341,6 +484,24 @@ cdef int tls_send_out(Connection c) except? -2:
             break
         cnt = c.outbuf.fill_iovecs(iov, MAX_IOV, &total)
         done = 0
+        if t.fast:
+            for i in range(cnt):
+                np_ERR_clear_error()
+                r = np_SSL_write(t.ssl, iov[i].iov_base, <int>iov[i].iov_len)
+                if r <= 0:
+                    break      # an error: the SSLObject call below raises it
+                done += r
+                if r < <Py_ssize_t>iov[i].iov_len or done >= TLS_ENCRYPT_BATCH:
+                    break
+            else:
+                c.outbuf.consume(done)
+                continue
+            if r > 0:
+                c.outbuf.consume(done)
+                continue
+            if done:
+                c.outbuf.consume(done)
+                continue
         try:
             for i in range(cnt):
                 n = t.sslobj.write(PyMemoryView_FromMemory(
@@ -426,3 +587,9 @@ cdef object tls_info(Connection c):
         t.info = TLSInfo(so.version(), cipher[0] if cipher else None,
                          so.selected_alpn_protocol(), name, so.getpeercert())
     return t.info
+
+
+@cython.binding(True)
+def _tls_is_fast(Connection c):
+    """True when c's TLS runs on the OpenSSL fast path (tests, benchmarks)."""
+    return c.tls_layer is not None and c.tls_layer.fast
