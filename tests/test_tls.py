@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -600,3 +601,96 @@ def test_argument_checks(pki: Path) -> None:
     with pytest.raises(ValueError):
         netpoll.create_listener("tcp", "127.0.0.1:0", ssl=server_ctx(pki),
                                 ssl_handshake_timeout=-1)
+
+
+def mem_tls_client(port: int, cctx: ssl.SSLContext) -> tuple[socket.socket, ssl.SSLObject,
+                                                                ssl.MemoryBIO]:
+    """A blocking socket with a client SSLObject over MemoryBIOs, handshake done."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    so = cctx.wrap_bio(inc, out, server_hostname="localhost")
+    while True:
+        try:
+            so.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(out.read())
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed during the handshake") from None
+            inc.write(data)
+    sock.sendall(out.read())
+    return sock, so, out
+
+
+def test_rst_mid_record(run: Any, pki: Path) -> None:
+    async def main() -> None:
+        got: list[bytes] = []
+
+        async def on_request(ctx: Any, conn: netpoll.Connection) -> None:
+            data = bytes(await conn.reader.next(len(conn.reader)))
+            got.append(data)
+            await conn.write(data)
+
+        async with Server(server_ctx(pki), on_request=on_request) as srv:
+            def client() -> None:
+                sock, so, out = mem_tls_client(srv.port, client_ctx(pki))
+                so.write(b"whole")
+                sock.sendall(out.read())
+                time.sleep(0.3)        # (an RST makes the kernel drop unread input)
+                so.write(b"y" * 5000)
+                rec = out.read()
+                sock.sendall(rec[: len(rec) // 2])       # half a record, then RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.close()
+
+            await in_thread(client)
+            await wait_for(lambda: srv.loop.connections == 0)
+            assert b"".join(got) == b"whole"
+            got.clear()
+            assert await in_thread(blocking_client, srv.port, client_ctx(pki), b"ok") == b"ok"
+
+    run(main())
+
+
+def test_garbage_after_handshake(run: Any, pki: Path) -> None:
+    async def main() -> None:
+        async with Server(server_ctx(pki)) as srv:
+            def client() -> None:
+                sock, so, out = mem_tls_client(srv.port, client_ctx(pki))
+                sock.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))   # a forged record
+                sock.settimeout(10)
+                try:
+                    while sock.recv(65536):
+                        pass
+                except ConnectionError:
+                    pass
+                sock.close()
+
+            await in_thread(client)
+            await wait_for(lambda: srv.loop.connections == 0)
+            assert await in_thread(blocking_client, srv.port, client_ctx(pki), b"ok") == b"ok"
+
+    run(main())
+
+
+def test_renegotiation_refused(run: Any, pki: Path, tls12_only: ssl.SSLContext) -> None:
+    async def main() -> None:
+        async with Server(tls12_only) as srv:
+            proc = await asyncio.create_subprocess_exec(
+                str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{srv.port}", "-tls1_2",
+                "-CAfile", str(pki / "ca.pem"), "-servername", "localhost",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            assert proc.stdin is not None
+            proc.stdin.write(b"R\n")            # s_client: renegotiate
+            await proc.stdin.drain()
+            try:
+                await asyncio.wait_for(proc.wait(), 3)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            assert await in_thread(blocking_client, srv.port, client_ctx(pki), b"ok") == b"ok"
+
+    run(main(), timeout=20)

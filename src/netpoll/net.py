@@ -509,6 +509,7 @@ def _check_ssl(what: str, ssl: object, timeout: float | None) -> float:
 
 def _with_ssl(ln: _L, ssl: _ssl.SSLContext | None, timeout: float) -> _L:
     if ssl is not None:
+        _core._prepare_context(ssl, True)      # OP_NO_RENEGOTIATION, SNI recorded
         ln._ssl = ssl
         ln._ssl_handshake_timeout = timeout
     return ln

@@ -384,9 +384,11 @@ cdef int tls_do_read(Connection c, unsigned int ev, bint drain) except -1:
     if not t.handshake_done:
         if t.failed:
             return 0
-        tls_handshake(c, t)
-        return 0
-    tls_read_plain(c, t)
+        tls_handshake(c, t)        # when it completes, it reads the plaintext that came along
+        if not t.handshake_done or c.closed_by:
+            return 0
+    else:
+        tls_read_plain(c, t)
     if t.eof and not c.peer_eof:
         if not t.close_notify:
             t.truncated = True
