@@ -694,3 +694,57 @@ def test_renegotiation_refused(run: Any, pki: Path, tls12_only: ssl.SSLContext) 
             assert await in_thread(blocking_client, srv.port, client_ctx(pki), b"ok") == b"ok"
 
     run(main(), timeout=20)
+
+
+KEEPALIVE = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+
+
+def keepalive_responder(ctx: Any, conn: netpoll.Connection) -> None:
+    """A plain handler: answer every complete request in the buffer (pipelining too)."""
+    buf = conn.input
+    while True:
+        try:
+            buf.until(b"\r\n\r\n")
+        except netpoll.NotEnoughDataError:
+            break
+        conn.writer.write_binary(KEEPALIVE)
+    conn.flush_nowait()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_https(run: Any, pki: Path) -> None:
+    async def main() -> None:
+        async with Server(server_ctx(pki), on_request=keepalive_responder) as srv:
+            proc = await asyncio.create_subprocess_exec(
+                "wrk", "-t1", "-c8", "-d1s", f"https://127.0.0.1:{srv.port}/",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(proc.communicate(), 20)
+            text = out.decode()
+            assert proc.returncode == 0, text
+            assert "requests in" in text and "Socket errors" not in text, text
+            assert "Non-2xx" not in text, text
+            done = int(text.split(" requests in")[0].split()[-1])
+            assert done > 100, text
+
+    run(main(), timeout=30)
+
+
+def test_httpx_and_aiohttp_clients(run: Any, pki: Path) -> None:
+    httpx = pytest.importorskip("httpx")
+    aiohttp = pytest.importorskip("aiohttp")
+
+    async def main() -> None:
+        async with Server(server_ctx(pki, alpn=["http/1.1"]),
+                          on_request=keepalive_responder) as srv:
+            url = f"https://localhost:{srv.port}/"
+            async with httpx.AsyncClient(verify=client_ctx(pki)) as client:
+                for _ in range(3):          # keep-alive: one connection, three requests
+                    r = await client.get(url)
+                    assert r.status_code == 200 and r.text == "ok"
+            async with aiohttp.ClientSession() as session:
+                for _ in range(3):
+                    async with session.get(url, ssl=client_ctx(pki)) as resp:
+                        assert resp.status == 200
+                        assert await resp.text() == "ok"
+
+    run(main(), timeout=30)
