@@ -290,7 +290,7 @@ cdef int tls_send(Connection c, TLSLayer t) except -1:
     cdef int r
     if c.closed_by or c.writing or t.failed:
         return 0
-    r = t.send_pending(c.fd)
+    r = tls_send_out(c)       # after the handshake: also output written before it ended
     if r == 1:
         c.writing = True
         c.update_events()
