@@ -748,3 +748,16 @@ def test_httpx_and_aiohttp_clients(run: Any, pki: Path) -> None:
                         assert await resp.text() == "ok"
 
     run(main(), timeout=30)
+
+
+def test_dial_unix_without_server_hostname(run: Any, pki: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        path = str(tmp_path / "tls.sock")
+        ln = netpoll.create_listener("unix", path)
+        try:
+            with pytest.raises(ValueError):     # check_hostname needs a name (as asyncio)
+                await netpoll.dial_connection("unix", path, ssl=client_ctx(pki))
+        finally:
+            ln.close()
+
+    run(main())

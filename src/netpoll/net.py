@@ -596,6 +596,9 @@ class Dialer:
         target = parse_address(network, address)
         if ssl is not None and server_hostname is None and isinstance(target, tuple):
             server_hostname = target[0] or None
+        if ssl is not None and server_hostname is None and ssl.check_hostname:
+            raise ValueError("dial_connection: ssl with check_hostname needs server_hostname "
+                             f"(the address {address!r} names no host)")
         if isinstance(target, str):
             op = f"dial unix {target}"
             if target.startswith("@"):

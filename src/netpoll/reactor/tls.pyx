@@ -556,17 +556,21 @@ cdef int tls_on_timer(Connection c, TLSLayer t) except -1:
 async def tls_client_handshake(Connection c, object ctx, object server_hostname,
                                double timeout):
     """Start the client handshake on a registered connection and wait for it."""
-    return await _tls_wait(c, tls_start(c, ctx, False, server_hostname, timeout, True))
+    return await _tls_wait(c, ctx, False, server_hostname, timeout)
 
 
 async def tls_server_handshake(Connection c, object ctx, double timeout):
     """Start the server handshake on a registered connection and wait for it."""
-    return await _tls_wait(c, tls_start(c, ctx, True, None, timeout, True))
+    return await _tls_wait(c, ctx, True, None, timeout)
 
 
-async def _tls_wait(Connection c, TLSLayer t):
-    w = t.waiter
+async def _tls_wait(Connection c, object ctx, bint server_side, object server_hostname,
+                    double timeout):
+    cdef TLSLayer t
     try:
+        # (wrap_bio raises ValueError e.g. for check_hostname without a name)
+        t = tls_start(c, ctx, server_side, server_hostname, timeout, True)
+        w = t.waiter
         if w is not None:
             await w
     except BaseException:
