@@ -280,8 +280,9 @@ cdef TLSLayer tls_start(Connection c, object ctx, bint server_side, object serve
     t.start(c, ctx, server_side, server_hostname, timeout)
     if wait:
         t.waiter = c.loop.create_future()
-    tls_handshake(c, t)      # a client sends its ClientHello now
-    return t
+    if not server_side:
+        tls_handshake(c, t)  # a client sends its ClientHello now; a server waits for
+    return t                 # one (OpenSSL's ~34 KiB of record buffers come with it)
 
 
 cdef int tls_send(Connection c, TLSLayer t) except -1:
