@@ -9,6 +9,8 @@ Peers (each a server process pinned to CPU 0; the load generator on CPU 1):
   netpoll-uvloop / netpoll-asyncio   netpoll handler echo, OpenSSL fast path
   netpoll-uvloop-sslobject           the same on the SSLObject path (NETPOLL_TLS_FAST=0)
   uvloop-ssl / asyncio-ssl           asyncio Protocol echo with loop.create_server(ssl=)
+  aiofastnet-uvloop / -asyncio       the same Protocol on aiofastnet.create_server(loop, ..., ssl=)
+                                     (skipped when aiofastnet is not installed)
 Rounds are interleaved (peer order repeated per round); the median round is shown,
 with server CPU (user+sys) per request from /proc/<pid>/stat.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -33,7 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEERS = ["netpoll-uvloop", "netpoll-asyncio", "netpoll-uvloop-sslobject", "uvloop-ssl",
-         "asyncio-ssl"]
+         "asyncio-ssl", "aiofastnet-uvloop", "aiofastnet-asyncio"]
 
 
 def serve(peer: str, port: int, certdir: str) -> None:
@@ -71,16 +74,22 @@ def serve(peer: str, port: int, certdir: str) -> None:
                 self.t.write(data)  # type: ignore[attr-defined]
 
         async def main2() -> None:
-            srv = await loop.create_server(Echo, "127.0.0.1", port, ssl=ctx, backlog=1024)
+            if peer.startswith("aiofastnet"):
+                import aiofastnet
+                srv = await aiofastnet.create_server(loop, Echo, "127.0.0.1", port, ssl=ctx,
+                                                     backlog=1024)
+            else:
+                srv = await loop.create_server(Echo, "127.0.0.1", port, ssl=ctx, backlog=1024)
             print("ready", flush=True)
             await srv.serve_forever()
         loop.run_until_complete(main2())
 
 
-def cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(user, user+system) clock ticks of a process."""
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
-    return int(parts[11]) + int(parts[12])
+    return int(parts[11]), int(parts[11]) + int(parts[12])
 
 
 def free_port() -> int:
@@ -91,7 +100,8 @@ def free_port() -> int:
     return int(port)
 
 
-def run_one(peer: str, loadgen: str, certdir: str, args: argparse.Namespace) -> tuple[float, float]:
+def run_one(peer: str, loadgen: str, certdir: str,
+            args: argparse.Namespace) -> tuple[float, float, float, float]:
     port = free_port()
     env = dict(os.environ)
     if peer.endswith("sslobject"):
@@ -110,14 +120,19 @@ def run_one(peer: str, loadgen: str, certdir: str, args: argparse.Namespace) -> 
             cmd.append("handshake")
         pre = ["taskset", "-c", "1"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
         t0 = cpu_ticks(srv.pid)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        w0 = time.monotonic()
         out = subprocess.run(pre + cmd, capture_output=True, text=True, timeout=args.seconds + 60)
         t1 = cpu_ticks(srv.pid)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        lg_cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / (
+            time.monotonic() - w0) * 100
         if out.returncode != 0:
             raise RuntimeError(f"{peer}: loadgen failed: {out.stderr.strip()}")
         fields = dict(kv.split("=") for kv in out.stdout.split())
         rps = float(fields["rps"])
-        cpu_us = (t1 - t0) / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, int(fields["requests"]))
-        return rps, cpu_us
+        per = 1e6 / os.sysconf("SC_CLK_TCK") / max(1, int(fields["requests"]))
+        return rps, (t1[1] - t0[1]) * per, lg_cpu, (t1[0] - t0[0]) * per
     finally:
         srv.terminate()
         srv.wait(10)
@@ -152,21 +167,32 @@ def main() -> int:
                         f"{d}/cert.pem", "-days", "1", "-subj", "/CN=localhost"],
                        check=True, capture_output=True)
         peers = args.peers.split(",")
-        results: dict[str, list[tuple[float, float]]] = {pe: [] for pe in peers}
+        try:
+            import aiofastnet  # noqa: F401
+        except ImportError:
+            skipped = [pe for pe in peers if pe.startswith("aiofastnet")]
+            if skipped:
+                print(f"tls_echo: aiofastnet is not installed; skipping {', '.join(skipped)}",
+                      file=sys.stderr)
+            peers = [pe for pe in peers if pe not in skipped]
+        results: dict[str, list[tuple[float, float, float, float]]] = {pe: [] for pe in peers}
         for _ in range(args.rounds):
             for pe in peers:
                 results[pe].append(run_one(pe, loadgen, d, args))
                 time.sleep(0.3)
-    base = statistics.median(r for r, _ in results.get("uvloop-ssl", [(0.0, 0.0)])) or None
+    base = statistics.median(r[0] for r in results.get("uvloop-ssl", [(0.0, 0.0, 0.0, 0.0)])) or None
     what = "handshakes" if args.handshake else f"{args.size} B echo"
     print(f"TLS 1.3 {what}, {args.conns} connections, {args.rounds} x {args.seconds:g} s "
           "(median round)")
-    print(f"{'peer':28} {'req/s':>10} {'x uvloop':>9} {'server CPU us/req':>18}")
+    print(f"{'peer':28} {'req/s':>10} {'x uvloop':>9} {'server CPU us/req':>18} "
+          f"{'(user)':>7} {'loadgen CPU %':>14}")
     for pe in peers:
-        rps = statistics.median(r for r, _ in results[pe])
-        cpu = statistics.median(c for _, c in results[pe])
+        rps = statistics.median(r[0] for r in results[pe])
+        cpu = statistics.median(r[1] for r in results[pe])
+        lg = statistics.median(r[2] for r in results[pe])
+        user = statistics.median(r[3] for r in results[pe])
         ratio = f"{rps / base:.2f}" if base else "-"
-        print(f"{pe:28} {rps:10.0f} {ratio:>9} {cpu:18.1f}")
+        print(f"{pe:28} {rps:10.0f} {ratio:>9} {cpu:18.1f} {user:7.1f} {lg:14.0f}")
     return 0
 
 
