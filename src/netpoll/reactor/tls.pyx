@@ -404,9 +404,11 @@ cdef int tls_read_plain(Connection c, TLSLayer t) except -1:
     cdef char* p
     cdef int r, e
     if t.fast:
+        # One clear per pass: only a failure leaves errors in the queue, and a
+        # failure ends the pass (ERR_clear_error is not free in OpenSSL 3)
+        np_ERR_clear_error()
         while not c.closed_by:
             p = c.inbuf.book(c.book_size, c.max_size, &avail)
-            np_ERR_clear_error()
             r = np_SSL_read(t.ssl, p, <int>min(avail, 1 << 30))
             if r > 0:
                 c.inbuf.book_ack(r)
@@ -488,8 +490,8 @@ cdef int tls_send_out(Connection c) except? -2:
         cnt = c.outbuf.fill_iovecs(iov, MAX_IOV, &total)
         done = 0
         if t.fast:
+            np_ERR_clear_error()
             for i in range(cnt):
-                np_ERR_clear_error()
                 r = np_SSL_write(t.ssl, iov[i].iov_base, <int>iov[i].iov_len)
                 if r <= 0:
                     break      # an error: the SSLObject call below raises it
