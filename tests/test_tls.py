@@ -45,8 +45,13 @@ def tls_path(request: pytest.FixtureRequest) -> Iterator[str]:
     _core._tls_set_fast(prev)
 
 
+def tool_env() -> dict[str, str]:
+    """The environment for external tools (curl, openssl, wrk): no sanitizer preload."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def _sh(*args: str, cwd: Path) -> None:
-    subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=60)
+    subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=60, env=tool_env())
 
 
 @pytest.fixture(scope="session")
@@ -316,7 +321,7 @@ def test_openssl_s_client(run: Any, pki: Path) -> None:
                 str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{srv.port}",
                 "-servername", "localhost", "-CAfile", str(pki / "ca.pem"),
                 "-verify_return_error", "-quiet", "-ign_eof",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=tool_env(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE)
             out, err = await asyncio.wait_for(
                 proc.communicate(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"), 20)
@@ -333,7 +338,7 @@ def test_curl_https(run: Any, pki: Path) -> None:
             proc = await asyncio.create_subprocess_exec(
                 "curl", "-sS", "--http1.1", "--cacert", str(pki / "ca.pem"),
                 f"https://localhost:{srv.port}/",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=tool_env())
             out, err = await asyncio.wait_for(proc.communicate(), 20)
             assert proc.returncode == 0, err
             assert out == b"hello netpol"
@@ -686,7 +691,7 @@ def test_renegotiation_refused(run: Any, pki: Path, tls12_only: ssl.SSLContext) 
             proc = await asyncio.create_subprocess_exec(
                 str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{srv.port}", "-tls1_2",
                 "-CAfile", str(pki / "ca.pem"), "-servername", "localhost",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=tool_env(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT)
             assert proc.stdin is not None
             proc.stdin.write(b"R\n")            # s_client: renegotiate
@@ -722,7 +727,7 @@ def test_wrk_https(run: Any, pki: Path) -> None:
         async with Server(server_ctx(pki), on_request=keepalive_responder) as srv:
             proc = await asyncio.create_subprocess_exec(
                 "wrk", "-t1", "-c8", "-d1s", f"https://127.0.0.1:{srv.port}/",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=tool_env())
             out, _ = await asyncio.wait_for(proc.communicate(), 20)
             text = out.decode()
             assert proc.returncode == 0, text
