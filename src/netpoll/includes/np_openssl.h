@@ -2,8 +2,10 @@
  *
  * No OpenSSL headers are needed to build netpoll: the few functions the TLS
  * fast path calls are declared here as function pointers on opaque types and
- * resolved at run time with dlopen(<path of the loaded libssl/libcrypto>,
- * RTLD_NOLOAD) + dlsym. The SSL objects themselves are made, configured and
+ * resolved at run time with dlopen(<path of the _ssl extension>, RTLD_NOLOAD)
+ * + dlsym, which searches _ssl and the libraries it was linked against: the
+ * very libssl/libcrypto whose objects _ssl makes (RTLD_NOLOAD: nothing new is
+ * ever loaded). The SSL objects themselves are made, configured and
  * freed by Python's _ssl module (ctx.wrap_bio): netpoll only borrows the SSL*
  * of the _ssl._SSLSocket and the BIO* of the two _ssl.MemoryBIO objects,
  * which it keeps alive by holding those Python objects.

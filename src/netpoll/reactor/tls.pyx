@@ -67,26 +67,18 @@ cdef object _MemoryBIOType = None
 
 
 def _tls_find_libs():
-    """Paths of the libssl and libcrypto this process has loaded (for dlopen NOLOAD)."""
+    """Where to resolve OpenSSL from: the _ssl extension module itself.
+
+    dlsym() on the handle of _ssl searches _ssl and then the libraries it was
+    linked against, in load order: exactly the libssl/libcrypto whose SSL
+    objects _ssl makes - never another copy some other extension brought into
+    the process (a path found in /proc/self/maps could be one). When _ssl has
+    OpenSSL linked in statically and does not export it, nothing resolves and
+    the fast path stays off.
+    """
     import _ssl as _ssl_c
-    libssl = libcrypto = ""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split(None, 5)
-                if len(parts) < 6:
-                    continue
-                path = parts[5].strip()
-                base = os.path.basename(path)
-                if not libssl and base.startswith("libssl.so"):
-                    libssl = path
-                elif not libcrypto and base.startswith("libcrypto.so"):
-                    libcrypto = path
-    except OSError:
-        pass
-    if not libssl:          # OpenSSL linked into _ssl itself: its symbols, if exported
-        libssl = libcrypto = getattr(_ssl_c, "__file__", "") or ""
-    return libssl, libcrypto
+    path = getattr(_ssl_c, "__file__", "") or ""
+    return path, ""
 
 
 def _tls_init_fast():
