@@ -2,15 +2,25 @@
 #
 # Where it sits
 # -------------
-#     socket ──recv──▶ ciphertext ──incoming BIO──▶ SSLObject.read ──▶ input LinkBuffer
-#     output LinkBuffer ──SSLObject.write──▶ outgoing BIO ──▶ pending ciphertext ──send──▶ socket
+#     socket ──recv──▶ ciphertext ──incoming BIO──▶ SSL_read ──▶ input LinkBuffer
+#     output LinkBuffer ──SSL_write──▶ outgoing BIO ──▶ (pending) ciphertext ──send──▶ socket
 #
 # A TLS connection is an ordinary Connection with a TLSLayer in `tls_layer`.
 # Connection.do_read and Connection.send_out hand over to tls_do_read and
 # tls_send_out when it is set; everything above (waiters, handlers, the
 # Reader/Writer API, read/write backpressure, timeouts) sees plaintext and
-# does not know. This is the correct, header-free path: Python's
-# ssl.SSLObject over two ssl.MemoryBIO objects, called from C.
+# does not know.
+#
+# Two paths, one state machine. The objects are always Python's: an
+# ssl.SSLObject (ctx.wrap_bio) over two ssl.MemoryBIOs, so _ssl configures
+# and frees everything. The fast path (`fast`) calls SSL_read/SSL_write/
+# BIO_read/BIO_write on their SSL* and BIO*s directly from C, resolved from
+# the libssl _ssl is linked against (includes/np_openssl.h; docs/design.md
+# says why that is sound); the fallback calls SSLObject.read/write and
+# MemoryBIO.write/read. Any result of the fast path other than data,
+# WANT_READ or close_notify falls through to the SSLObject call, which
+# raises the right ssl.SSLError. The handshake and unwrap() always go
+# through SSLObject.
 #
 # The handshake
 # -------------
