@@ -10,6 +10,7 @@
 #   reactor/poller.pyx      the epoll I/O pass and its queues (data.ptr lifetime essay)
 #   reactor/handler.pyx     the Task-like driver of async handlers
 #   reactor/connection.pyx  Connection: its state table, input/output paths, reader/writer
+#   reactor/tls.pyx         TLS between the socket and the LinkBuffers (SSLObject + MemoryBIO)
 #   reactor/server.pyx      EventLoop: accept, backoff, graceful shutdown
 #   reactor/dialer.pyx      non-blocking connect, new_fd_connection
 #
@@ -20,6 +21,7 @@
 cimport cython
 from netpoll._buffer cimport LinkBuffer
 from netpoll.includes.system cimport epoll_event
+from netpoll.includes.openssl cimport NP_SSL, NP_BIO
 
 
 cdef enum CloseBy:
@@ -41,6 +43,7 @@ cdef enum TimerKind:
     T_READ = 1
     T_WRITE = 2
     T_IDLE = 3
+    T_TLS = 4          # the TLS handshake timeout (reactor/tls.pyx)
 
 cdef enum Phase:
     PH_IDLE = 0
@@ -62,6 +65,7 @@ cdef enum Op:
 cdef class Poller
 cdef class Connection
 cdef class EventLoop
+cdef class TLSLayer
 
 
 # -- config.pyx ---------------------------------------------------------------------
@@ -255,6 +259,7 @@ cdef class Connection:
 
     cdef object _local_addr
     cdef object _remote_addr
+    cdef TLSLayer tls_layer       # None on plaintext (reactor/tls.pyx)
     cdef object __weakref__
 
     cdef int setup(self, int fd, object loop, str network, EventLoop server) except -1
@@ -306,6 +311,43 @@ cdef class Connection:
     cdef int _addrs(self) except -1
 
 
+# -- tls.pyx ------------------------------------------------------------------------
+
+@cython.final
+cdef class TLSLayer:
+    """One connection's TLS state: an ssl.SSLObject over two ssl.MemoryBIOs."""
+    cdef object sslobj
+    cdef object incoming          # MemoryBIO: ciphertext received, not yet decrypted
+    cdef object outgoing          # MemoryBIO: ciphertext made, not yet taken out
+    cdef bytes pending            # ciphertext taken out of `outgoing`, partly sent
+    cdef Py_ssize_t pending_off
+    cdef object waiter            # a dial/accept waiting for the handshake, or None
+    cdef _Timer timer             # the handshake timeout
+    cdef double timeout
+    cdef object info              # TLSInfo, made on first use
+    cdef bint server_side
+    cdef bint handshake_done
+    cdef bint failed              # the handshake failed (the connection is closed)
+    cdef bint eof                 # the socket reached EOF or failed
+    cdef bint close_notify        # the peer sent close_notify (a clean end)
+    cdef bint truncated           # the stream ended without close_notify
+    # the fast path: OpenSSL called directly on the SSL*/BIO*s the objects above own
+    cdef bint fast
+    cdef NP_SSL* ssl
+    cdef NP_BIO* rbio
+    cdef NP_BIO* wbio
+
+    cdef int start(self, Connection c, object ctx, bint server_side, object server_hostname,
+                   double timeout) except -1
+    cdef int cancel_timer(self, Connection c) except -1
+    cdef int send_pending(self, int fd) except? -2
+    # Send the ciphertext waiting: 0 all sent, 1 the socket is full, -errno.
+    cdef Py_ssize_t out_pending(self) except -1
+    # Ciphertext bytes not yet sent (outgoing BIO + `pending`).
+    cdef int feed(self, char* data, Py_ssize_t n) except -1
+    # Ciphertext received -> the incoming BIO.
+
+
 # -- server.pyx ---------------------------------------------------------------------
 
 @cython.final
@@ -337,6 +379,9 @@ cdef class EventLoop:
 
     cdef int stop_accepting(self) except -1
     cdef bint listener_closed(self) noexcept
+    cdef object ssl_ctx          # the listener's ssl.SSLContext, or None
+    cdef double ssl_timeout      # its handshake timeout (seconds; 0: none)
+
     cdef int accept_backoff(self, int err) except -1
     cdef int new_connection(self, int fd) except -1
     cdef int forget(self, Connection c) except -1

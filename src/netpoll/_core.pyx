@@ -20,6 +20,7 @@ every class, field and cdef signature is declared in _core.pxd):
     reactor/poller.pyx      the I/O pass and its queues
     reactor/handler.pyx     the Task-like driver of async handlers
     reactor/connection.pyx  Connection: state table, input/output, reader/writer
+    reactor/tls.pyx         TLS between the socket and the LinkBuffers
     reactor/server.pyx      EventLoop: accept, backoff, graceful shutdown
     reactor/dialer.pyx      non-blocking connect, new_fd_connection
 """
@@ -106,5 +107,6 @@ include "reactor/timers.pyx"
 include "reactor/poller.pyx"
 include "reactor/handler.pyx"
 include "reactor/connection.pyx"
+include "reactor/tls.pyx"
 include "reactor/server.pyx"
 include "reactor/dialer.pyx"

@@ -34,9 +34,10 @@ import logging
 import math
 import os
 import socket
+import ssl as _ssl
 import stat
 from collections.abc import Callable
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 from netpoll import _core
 from netpoll._core import Connection, new_fd_connection
@@ -170,6 +171,10 @@ class Listener:
         self._close_callbacks: list[Callable[[Listener], object]] = []
         self._accept_waiters: list[asyncio.Future[None]] = []
         self._reader_loop: asyncio.AbstractEventLoop | None = None
+        # TLS (create_listener/convert_listener ssl=): EventLoop.serve and
+        # accept() run the server handshake before any callback sees the connection
+        self._ssl: _ssl.SSLContext | None = None
+        self._ssl_handshake_timeout = 60.0
         sock.setblocking(False)
         name = sock.getsockname()
         self._addr: tuple[str, int] | str
@@ -228,13 +233,21 @@ class Listener:
                 raise named from exc
             fd = sock.detach()
             try:
-                return new_fd_connection(fd)
+                conn = new_fd_connection(fd)
             except BaseException:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
                 raise
+            if self._ssl is None:
+                return conn
+            try:
+                # a failed handshake is logged (debug) and closed; take the next one
+                return await _core.tls_server_handshake(conn, self._ssl,
+                                                        self._ssl_handshake_timeout)
+            except (OSError, ValueError):
+                continue
 
     async def _wait_readable(self, loop: asyncio.AbstractEventLoop) -> None:
         # One reader on the listening fd for all waiting accepts: when it fires,
@@ -407,27 +420,36 @@ def _listen_unix(path: str, backlog: int) -> UnixListener:
 
 @overload
 def create_listener(network: Literal["unix"], address: str | bytes, *, backlog: int = 1024,
-                    reuse_port: bool = False) -> UnixListener: ...
+                    reuse_port: bool = False, ssl: _ssl.SSLContext | None = None,
+                    ssl_handshake_timeout: float | None = None) -> UnixListener: ...
 @overload
 def create_listener(network: TCPNetwork, address: Address, *, backlog: int = 1024,
-                    reuse_port: bool = False) -> TCPListener: ...
+                    reuse_port: bool = False, ssl: _ssl.SSLContext | None = None,
+                    ssl_handshake_timeout: float | None = None) -> TCPListener: ...
 @overload
 def create_listener(network: str, address: Address | bytes, *, backlog: int = 1024,
-                    reuse_port: bool = False) -> Listener: ...
+                    reuse_port: bool = False, ssl: _ssl.SSLContext | None = None,
+                    ssl_handshake_timeout: float | None = None) -> Listener: ...
 def create_listener(network: str, address: Address | bytes, *, backlog: int = 1024,
-                    reuse_port: bool = False) -> Listener:
+                    reuse_port: bool = False, ssl: _ssl.SSLContext | None = None,
+                    ssl_handshake_timeout: float | None = None) -> Listener:
     """Bind and listen: network "tcp", "tcp4", "tcp6" or "unix".
 
     ``reuse_port=True`` sets ``SO_REUSEPORT`` (several listeners, in this or
     other processes, share one port; the kernel spreads connections). A
     resolve or bind failure keeps its class and errno and names the address
     (``"listen tcp 127.0.0.1:80: address already in use"``).
+
+    ``ssl=`` (an ``ssl.SSLContext``) serves TLS: handlers see plaintext, and
+    on_connect/on_request run only after the handshake, which must finish
+    within ``ssl_handshake_timeout`` seconds (default 60).
     """
     network = _check_network(network, "create_listener")
+    tls_timeout = _check_ssl("create_listener", ssl, ssl_handshake_timeout)
     target = parse_address(network, address)
     if network == "unix":
         assert isinstance(target, str)
-        return _listen_unix(target, backlog)
+        return _with_ssl(_listen_unix(target, backlog), ssl, tls_timeout)
     assert isinstance(target, tuple)
     host, port = target
     op = f"listen {network} {_host_port(host, port)}"
@@ -464,18 +486,47 @@ def create_listener(network: str, address: Address | bytes, *, backlog: int = 10
     except BaseException:
         sock.close()
         raise
-    return TCPListener(sock, network)
+    return _with_ssl(TCPListener(sock, network), ssl, tls_timeout)
 
 
-def convert_listener(sock: socket.socket) -> Listener:
+_L = TypeVar("_L", bound="Listener")
+
+
+def _check_ssl(what: str, ssl: object, timeout: float | None) -> float:
+    if ssl is None:
+        if timeout is not None:
+            raise ValueError(f"{what}: ssl_handshake_timeout is only meaningful with ssl")
+        return 60.0
+    if not isinstance(ssl, _ssl.SSLContext):
+        raise TypeError(f"{what}: ssl must be an ssl.SSLContext, not {type(ssl).__name__}")
+    if timeout is None:
+        return 60.0
+    value = _seconds(f"{what}(ssl_handshake_timeout)", timeout)
+    if value == 0:
+        raise ValueError(f"{what}: ssl_handshake_timeout must be > 0, not {timeout!r}")
+    return value
+
+
+def _with_ssl(ln: _L, ssl: _ssl.SSLContext | None, timeout: float) -> _L:
+    if ssl is not None:
+        _core._prepare_context(ssl, True)      # OP_NO_RENEGOTIATION, SNI recorded
+        ln._ssl = ssl
+        ln._ssl_handshake_timeout = timeout
+    return ln
+
+
+def convert_listener(sock: socket.socket, *, ssl: _ssl.SSLContext | None = None,
+                     ssl_handshake_timeout: float | None = None) -> Listener:
     """Wrap a bound, listening socket.socket (TCP or Unix stream); it is set non-blocking.
 
     The result is a :class:`TCPListener` or a :class:`UnixListener`; it
     shares the socket (closing either closes both) and never removes a Unix
-    socket file, which it did not create.
+    socket file, which it did not create. ``ssl=``/``ssl_handshake_timeout=``
+    as for ``create_listener``.
     """
+    tls_timeout = _check_ssl("convert_listener", ssl, ssl_handshake_timeout)
     if isinstance(sock, Listener):
-        return sock
+        return _with_ssl(sock, ssl, tls_timeout)
     if not isinstance(sock, socket.socket):
         raise TypeError(f"convert_listener: expected a socket.socket, not {type(sock).__name__}")
     if sock.type != socket.SOCK_STREAM:
@@ -483,11 +534,11 @@ def convert_listener(sock: socket.socket) -> Listener:
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError("convert_listener: the socket is not listening")
     if sock.family == socket.AF_UNIX:
-        return UnixListener(sock, "unix")
+        return _with_ssl(UnixListener(sock, "unix"), ssl, tls_timeout)
     if sock.family == socket.AF_INET:
-        return TCPListener(sock, "tcp4")
+        return _with_ssl(TCPListener(sock, "tcp4"), ssl, tls_timeout)
     if sock.family == socket.AF_INET6:
-        return TCPListener(sock, "tcp6")
+        return _with_ssl(TCPListener(sock, "tcp6"), ssl, tls_timeout)
     raise ValueError(f"convert_listener: unsupported address family {sock.family!r}")
 
 
@@ -520,7 +571,10 @@ class Dialer:
         self.idle_timeout = _seconds("Dialer(idle_timeout)", idle_timeout)
 
     async def dial_connection(self, network: str, address: Address,
-                              timeout: float | None = None) -> Connection:
+                              timeout: float | None = None, *,
+                              ssl: _ssl.SSLContext | None = None,
+                              server_hostname: str | None = None,
+                              ssl_handshake_timeout: float | None = None) -> Connection:
         """Connect without blocking; `timeout` covers resolution and connect.
 
         Raises DialTimeoutError past the timeout, ConnectionRefusedError when
@@ -528,9 +582,23 @@ class Dialer:
         ``socket.gaierror`` naming the host when it does not resolve, and
         ValueError for a bad network or address or a NaN or negative timeout.
         A huge timeout means no timeout.
+
+        ``ssl=`` (an ``ssl.SSLContext``) dials TLS: the call returns after the
+        handshake; ``server_hostname`` (default: the host dialed) is sent as
+        SNI and checked against the certificate; a verification failure
+        raises ``ssl.SSLCertVerificationError``, a handshake that takes longer
+        than ``ssl_handshake_timeout`` (default 60 s) ``DialTimeoutError``.
         """
         network = _check_network(network, "dial_connection")
+        tls_timeout = _check_ssl("dial_connection", ssl, ssl_handshake_timeout)
+        if server_hostname is not None and ssl is None:
+            raise ValueError("dial_connection: server_hostname is only meaningful with ssl")
         target = parse_address(network, address)
+        if ssl is not None and server_hostname is None and isinstance(target, tuple):
+            server_hostname = target[0] or None
+        if ssl is not None and server_hostname is None and ssl.check_hostname:
+            raise ValueError("dial_connection: ssl with check_hostname needs server_hostname "
+                             f"(the address {address!r} names no host)")
         if isinstance(target, str):
             op = f"dial unix {target}"
             if target.startswith("@"):
@@ -545,9 +613,10 @@ class Dialer:
         try:
             conn: Connection = await _core.dial(network, target, family, timeout,
                                                 self.read_timeout, self.write_timeout,
-                                                self.idle_timeout, self.write_buffer_limit or 0)
+                                                self.idle_timeout, self.write_buffer_limit or 0,
+                                                ssl, server_hostname, tls_timeout)
         except OSError as exc:
-            if isinstance(exc, NetpollError):
+            if isinstance(exc, NetpollError | _ssl.SSLError):
                 raise
             named = _named(exc, op)
             if named is None:
@@ -560,7 +629,12 @@ _default_dialer = Dialer()
 
 
 async def dial_connection(network: str, address: Address,
-                          timeout: float | None = None) -> Connection:
-    """Dial with the default Dialer (no read/write/idle timeouts)."""
-    return await _default_dialer.dial_connection(network, address, timeout)
+                          timeout: float | None = None, *,
+                          ssl: _ssl.SSLContext | None = None,
+                          server_hostname: str | None = None,
+                          ssl_handshake_timeout: float | None = None) -> Connection:
+    """Dial with the default Dialer (no read/write/idle timeouts); ssl= as Dialer's."""
+    return await _default_dialer.dial_connection(
+        network, address, timeout, ssl=ssl, server_hostname=server_hostname,
+        ssl_handshake_timeout=ssl_handshake_timeout)
 

@@ -120,6 +120,8 @@ cdef class Connection:
         cdef Py_ssize_t avail, n, got = 0
         cdef char* p
         cdef int err, reads = 0
+        if self.tls_layer is not None:
+            return tls_do_read(self, ev, drain)      # ciphertext in, plaintext out
         while True:
             p = self.inbuf.book(self.book_size, self.max_size, &avail)
             n = recv(self.fd, p, avail, 0)
@@ -249,6 +251,8 @@ cdef class Connection:
         cdef msghdr msg
         cdef Py_ssize_t total, n
         cdef int cnt, err
+        if self.tls_layer is not None:
+            return tls_send_out(self)                # encrypt, then send
         memset(&msg, 0, sizeof(msg))
         while self.outbuf.length:
             cnt = self.outbuf.fill_iovecs(iov, MAX_IOV, &total)
@@ -295,6 +299,9 @@ cdef class Connection:
                 self.flush_waiter = None
                 token.set_exception(WriteTimeoutError(
                     f"flush {self.write_expired_msg()}: {self.outbuf.length} bytes unsent"))
+        elif kind == T_TLS:
+            if self.tls_layer is not None:
+                tls_on_timer(self, self.tls_layer)
         elif kind == T_IDLE and self.idle_timeout > 0 and token == self.idle_timeout:
             due = self.last_active + self.idle_timeout
             if due <= monotonic() + 0.001:
@@ -417,6 +424,8 @@ cdef class Connection:
         # runs now, or after the walk when the walk started the close.
         if self.closed_by:
             return 0
+        if self.tls_layer is not None:
+            tls_close_notify(self, who)    # best effort, before the socket goes
         self.closed_by = who
         self.poller.remove(self)
         self.cancel_timers()
@@ -481,6 +490,8 @@ cdef class Connection:
             self.poller.timers.cancel(self.read_timer)
             self.poller.timers.cancel(self.write_timer)
             self.poller.timers.cancel(self.idle_timer)
+            if self.tls_layer is not None:
+                self.tls_layer.cancel_timer(self)
         self.read_timer = self.write_timer = self.idle_timer = None
         return 0
 
@@ -546,6 +557,11 @@ cdef class Connection:
     def fileno(self):
         """The socket's file descriptor."""
         return self.fd
+
+    @property
+    def tls(self):
+        """None on plaintext; else a TLSInfo (version, cipher, alpn_protocol, ...)."""
+        return tls_info(self)
 
     def set_read_timeout(self, seconds):
         """Timeout of each read wait, in seconds; None or 0 turns it off."""
@@ -919,8 +935,9 @@ cdef class Connection:
             elif op == OP_READ:
                 if self.inbuf.length:
                     return self._op(op, n, arg)
-                if self.peer_eof or self.closed_by == BY_PEER or self.draining:
-                    return b""
+                if (self.peer_eof or self.closed_by == BY_PEER or self.draining) and not (
+                        self.tls_layer is not None and self.tls_layer.truncated):
+                    return b""     # (a TLS stream cut without close_notify is no clean end)
                 need = 1
             else:
                 if self.inbuf.length >= n:

@@ -52,7 +52,8 @@ def _resolve_future(fut):
 
 
 async def _dial(str network, object target, object family, double read_timeout,
-                double write_timeout, double idle_timeout, Py_ssize_t write_limit):
+                double write_timeout, double idle_timeout, Py_ssize_t write_limit,
+                object ssl_ctx, object server_hostname, double ssl_timeout):
     loop = asyncio.get_running_loop()
     if network == "unix":
         candidates = [(socket.AF_UNIX, target)]
@@ -87,6 +88,9 @@ async def _dial(str network, object target, object family, double read_timeout,
         c.poller.add(c)
         if idle_timeout > 0:
             c.set_idle_timeout(idle_timeout)
+        if ssl_ctx is not None:
+            # the dial returns after the handshake; its failure is the dial's
+            await tls_client_handshake(c, ssl_ctx, server_hostname, ssl_timeout)
         return c
     # the error names what was dialed, keeps its class and errno, chains the original
     err = type(last)(last.errno, f"dial {network} {_fmt_addr(target)}: "
@@ -95,12 +99,18 @@ async def _dial(str network, object target, object family, double read_timeout,
 
 
 async def dial(network, target, family, timeout, read_timeout, write_timeout, idle_timeout,
-               write_limit=0):
+               write_limit=0, ssl=None, server_hostname=None, ssl_handshake_timeout=None):
     """Dial and wrap the socket in a Connection (internal; see netpoll.Dialer)."""
+    cdef double ssl_timeout = 60.0
     if timeout is not None:
         timeout = _seconds("dial_connection(timeout)", timeout)
+    if ssl is not None:
+        _prepare_context(ssl, False)
+        if ssl_handshake_timeout is not None:
+            ssl_timeout = _seconds("dial_connection(ssl_handshake_timeout)",
+                                   ssl_handshake_timeout)
     coro = _dial(network, target, family, read_timeout, write_timeout, idle_timeout,
-                 write_limit or 0)
+                 write_limit or 0, ssl, server_hostname, ssl_timeout)
     if timeout is None or timeout <= 0:
         return await coro
     try:

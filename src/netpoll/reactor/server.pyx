@@ -92,6 +92,11 @@ cdef class EventLoop:
         self.listener = listener
         self.lfd = lfd
         self.network = listener.network
+        self.ssl_ctx = getattr(listener, "_ssl", None)      # create_listener(..., ssl=ctx)
+        if self.ssl_ctx is not None:
+            _prepare_context(self.ssl_ctx, True)
+            self.ssl_timeout = _seconds("ssl_handshake_timeout",
+                                        getattr(listener, "_ssl_handshake_timeout", 60.0))
         self.stopped = self.loop.create_future()
         self.accepting = True
         self.loop.add_reader(self.lfd, self._on_accept)
@@ -233,6 +238,14 @@ cdef class EventLoop:
             if c.closed_by:
                 return 0      # on_prepare closed it: never registered
         c.poller.add(c)
+        if self.ssl_ctx is not None:
+            # on_connect / CS_CONNECTED come when the handshake is over (tls.pyx)
+            try:
+                tls_start(c, self.ssl_ctx, True, None, self.ssl_timeout, False)
+            except BaseException:
+                c.close()
+                raise
+            return 0
         if c.on_connect is not None:     # EventLoop's, or set by on_prepare
             c.queued = True
             c.poller.ready.append(c)
