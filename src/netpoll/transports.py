@@ -633,7 +633,23 @@ class _BorrowedMixin(_RouteMixin):
     _start_serving: Any = _Sel._start_serving
     _accept_connection: Any = _Sel._accept_connection
     _accept_connection2: Any = _Sel._accept_connection2
-    _stop_serving: Any = _Sel._stop_serving
+    def _stop_serving(self, sock: socket.socket) -> None:
+        # asyncio's selector _stop_serving, plus what Python 3.13's unix loop adds: a
+        # unix socket file made by create_unix_server is removed at close if it is
+        # still the one it made (its inode); unix_events' own version calls super(),
+        # which a borrowed method cannot.
+        path = sock.getsockname() if sock in self._unix_server_sockets else None
+        _Sel._stop_serving(self, sock)
+        if path is not None:
+            prev_ino = self._unix_server_sockets.pop(sock)
+            try:
+                if os.stat(path).st_ino == prev_ino:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                asyncio.log.logger.error(
+                    "Unable to clean up listening UNIX socket %r: %r", path, err)
 
     @property
     def _debug(self) -> bool:
