@@ -26,7 +26,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 
 import httptools
@@ -162,14 +162,26 @@ def on_prepare(conn: netpoll.Connection) -> HttpSession:
     return HttpSession()
 
 
-async def on_request(session: HttpSession, conn: netpoll.Connection) -> None:
-    """Parse everything buffered, answer every complete request, flush once."""
-    session.feed(await conn.next(conn.len()))
+def on_request(session: HttpSession, conn: netpoll.Connection) -> Awaitable[None] | None:
+    """Parse everything buffered, answer every complete request, flush once.
+
+    A plain function: ``conn.input`` is read synchronously and the answers go out with
+    ``flush_nowait()`` inside the poller's pass. A response that closes the connection
+    hands back a coroutine that flushes it first.
+    """
+    buf = conn.input
+    session.feed(buf.next(len(buf)))
     if session.out:
         conn.write_binary(session.take())
-        await conn.flush()
     if session.closing:
-        conn.close()
+        return _flush_and_close(conn)
+    conn.flush_nowait()
+    return None
+
+
+async def _flush_and_close(conn: netpoll.Connection) -> None:
+    await conn.flush()
+    conn.close()
 
 
 # ---------------------------------------------------------------- the process
@@ -180,7 +192,8 @@ async def serve(host: str, port: int) -> None:
     ln = netpoll.create_listener("tcp", (host, port))
     addr_host, addr_port = ln.addr
     where = f"[{addr_host}]:{addr_port}" if ":" in addr_host else f"{addr_host}:{addr_port}"
-    server = netpoll.EventLoop(on_request, on_prepare=on_prepare)
+    # plain handlers never wait for their output: bound it against clients that do not read
+    server = netpoll.EventLoop(on_request, on_prepare=on_prepare, write_buffer_limit=4 << 20)
     loop = asyncio.get_running_loop()
     stop_clock = start_date_clock(loop)
     stop = asyncio.Event()

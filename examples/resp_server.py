@@ -41,7 +41,7 @@ import asyncio
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import hiredis
@@ -572,24 +572,37 @@ def parse_inline(data: bytes, out: list[bytes]) -> tuple[int, bool]:
     return pos, False
 
 
-async def on_request(state: ConnState, conn: netpoll.Connection) -> None:
-    """Answer every complete command that is buffered, then flush once."""
+def on_request(state: ConnState, conn: netpoll.Connection) -> Awaitable[None] | None:
+    """Answer every complete command that is buffered, then flush once.
+
+    A plain function (it never has to wait): it reads ``conn.input`` synchronously and
+    sends with ``flush_nowait()``, inside the poller's pass. Only QUIT, which must send
+    its answer before closing, hands back a coroutine that flushes, then closes.
+    """
+    buf = conn.input
     out: list[bytes] = []
     quit = False
-    while (n := conn.len()) and not quit:
-        if state.at_boundary and (state.pending or (await conn.peek(1))[0] != 42):
+    while (n := len(buf)) and not quit:
+        if state.at_boundary and (state.pending or buf.peek(1)[0] != 42):
             # Inline commands (rare): take everything as bytes; a partial line waits in state.
-            quit = process_bytes(state, await conn.read_binary(n), out)
+            quit = process_bytes(state, buf.read_binary(n), out)
             continue
         # Multibulk: hiredis gets a zero-copy view of everything buffered.
-        quit, rest = feed(state, await conn.next(n), out)
+        quit, rest = feed(state, buf.next(n), out)
         if rest and not quit:
             quit = process_bytes(state, rest, out)
     if out:
         conn.write_binary(out[0] if len(out) == 1 else b"".join(out))
-        await conn.flush()
     if quit:
-        conn.close()
+        return _flush_and_close(conn)
+    if out:
+        conn.flush_nowait()
+    return None
+
+
+async def _flush_and_close(conn: netpoll.Connection) -> None:
+    await conn.flush()
+    conn.close()
 
 
 # ---------------------------------------------------------------- the process
@@ -600,7 +613,8 @@ async def serve(host: str, port: int) -> None:
     ln = netpoll.create_listener("tcp", (host, port))
     addr_host, addr_port = ln.addr
     where = f"[{addr_host}]:{addr_port}" if ":" in addr_host else f"{addr_host}:{addr_port}"
-    server = netpoll.EventLoop(on_request, on_prepare=on_prepare)
+    # plain handlers never wait for their output: bound it against clients that do not read
+    server = netpoll.EventLoop(on_request, on_prepare=on_prepare, write_buffer_limit=4 << 20)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -117,6 +117,11 @@ class FakeConn:
     def writer(self) -> FakeConn:
         return self
 
+    @property
+    def input(self) -> LinkBuffer:
+        """The input buffer, for plain-function handlers (synchronous reads)."""
+        return self.inbuf
+
     def __len__(self) -> int:
         return len(self.inbuf)
 
@@ -218,6 +223,15 @@ class FakeConn:
         self.sent += self.outbuf.read_binary(len(self.outbuf))
         self.outbuf.release()
 
+    def flush_nowait(self) -> None:
+        self._writable()
+        self.outbuf.flush()
+        self.sent += self.outbuf.read_binary(len(self.outbuf))
+        self.outbuf.release()
+
+    def output_len(self) -> int:
+        return 0 if self.closed else len(self.outbuf) + self.outbuf.malloc_len()
+
     async def write(self, data: Any) -> int:
         n = self.write_binary(data)
         await self.flush()
@@ -251,12 +265,21 @@ class FakeConn:
             return
         first = True
         while not self.closed and len(self.inbuf):
-            marks = (self.consumed, self.rx)
+            # every byte received is either still buffered or was consumed
+            marks = (self.rx - len(self.inbuf), self.rx)
             if not first and marks == self._marks:
                 return          # the last call consumed nothing: wait for more input
             first = False
             self._marks = marks
-            self.coro = self.module.on_request(self.ctx, self)
+            try:
+                res = self.module.on_request(self.ctx, self)
+            except ALLOWED as exc:          # a plain handler raised
+                self.escaped = exc
+                self.closed = True
+                return
+            if res is None:
+                continue                    # a plain handler: done
+            self.coro = res
             if not self._step():
                 return
 
