@@ -20,6 +20,7 @@
 cimport cython
 from netpoll._buffer cimport LinkBuffer
 from netpoll.includes.system cimport epoll_event
+from netpoll.includes.uring cimport io_uring_sqe, np_cqe, np_ring
 
 
 cdef enum CloseBy:
@@ -73,6 +74,7 @@ cdef class _Config:
     cdef public str load_balance
     cdef public object logger
     cdef public int spin            # epoll_wait rounds per loop callback (NETPOLL_SPIN)
+    cdef public str backend         # "epoll" or "io_uring": the backend of new pollers
 
 
 @cython.final
@@ -86,6 +88,22 @@ cdef class _PollerSet:
     # The poller for a new connection (round robin or random).
     cdef int resize(self, int n) except -1
     # Grow to n pollers, or stop new connections from picking the extra ones.
+
+
+# -- uring.pyx ----------------------------------------------------------------------
+
+@cython.final
+cdef class _Ring:
+    """One io_uring instance: its mmapped rings and a buffer for reaped CQEs."""
+    cdef np_ring r
+    cdef np_cqe* cqes
+    cdef int ncqes
+
+    cdef io_uring_sqe* sqe(self) except NULL
+    # The next free SQE (submits the queued ones first when the SQ is full).
+    cdef int flush(self) except -1
+    # One io_uring_enter for every queued SQE (and the CQ overflow backlog).
+    cdef int close(self) except -1
 
 
 # -- timers.pyx ---------------------------------------------------------------------
@@ -139,6 +157,12 @@ cdef class Poller:
     cdef bint retired           # poller_num shrank: no new connections; closes when empty
     cdef int spin
     cdef set live_ptrs          # debug build: addresses of the registered connections
+    # io_uring backend (reactor/uring.pyx); epfd is then the ring fd
+    cdef bint uring
+    cdef _Ring ring
+    cdef dict polls             # poll id (CQE user_data) -> Connection, while armed
+    cdef unsigned long long next_id
+    cdef bint in_pass           # inside _on_ready: SQEs wait for the pass's one submit
     cdef object __weakref__
 
     cdef int close(self) except -1
@@ -229,6 +253,8 @@ cdef class Connection:
     cdef bint queued              # on the poller's ready list
     cdef bint close_queued        # on the poller's closes list
     cdef unsigned int events
+    cdef unsigned long long uring_id     # io_uring backend: the armed poll's user_data
+    cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
 
     cdef object read_waiter
     cdef Py_ssize_t read_need

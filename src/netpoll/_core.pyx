@@ -17,6 +17,7 @@ every class, field and cdef signature is declared in _core.pxd):
 
     reactor/config.pyx      configure()/get_config(), the pollers of each loop
     reactor/timers.pyx      timer records, the per-poller heap
+    reactor/uring.pyx       the io_uring backend behind the poller's seam
     reactor/poller.pyx      the I/O pass and its queues
     reactor/handler.pyx     the Task-like driver of async handlers
     reactor/connection.pyx  Connection: state table, input/output, reader/writer
@@ -33,6 +34,7 @@ from posix.uio cimport iovec
 
 from netpoll._buffer cimport LinkBuffer, NETPOLL_DEBUG
 from netpoll.includes.system cimport *
+from netpoll.includes.uring cimport *
 
 import asyncio
 import contextvars
@@ -103,6 +105,7 @@ def _debug_counts():
 
 include "reactor/config.pyx"
 include "reactor/timers.pyx"
+include "reactor/uring.pyx"
 include "reactor/poller.pyx"
 include "reactor/handler.pyx"
 include "reactor/connection.pyx"
