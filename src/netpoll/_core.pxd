@@ -20,7 +20,7 @@
 cimport cython
 from netpoll._buffer cimport LinkBuffer
 from netpoll.includes.system cimport epoll_event
-from netpoll.includes.uring cimport io_uring_sqe, np_cqe, np_ring
+from netpoll.includes.uring cimport io_uring_sqe, np_cqe, np_pbuf, np_ring
 
 
 cdef enum CloseBy:
@@ -96,8 +96,12 @@ cdef class _PollerSet:
 cdef class _Ring:
     """One io_uring instance: its mmapped rings and a buffer for reaped CQEs."""
     cdef np_ring r
+    cdef np_pbuf pb             # provided buffers (multishot recv model), when recv
+    cdef bint recv              # multishot RECV + provided buffers, else poll-only
     cdef np_cqe* cqes
     cdef int ncqes
+
+    cdef void _teardown(self) noexcept
 
     cdef io_uring_sqe* sqe(self) except NULL
     # The next free SQE (submits the queued ones first when the SQ is full).
@@ -255,6 +259,8 @@ cdef class Connection:
     cdef unsigned int events
     cdef unsigned long long uring_id     # io_uring backend: the armed poll's user_data
     cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
+    cdef unsigned long long uring_rid    # io_uring backend: the recv in flight's user_data
+    cdef bint uring_rstop                # its cancel is in flight (its CQEs still deliver)
 
     cdef object read_waiter
     cdef Py_ssize_t read_need

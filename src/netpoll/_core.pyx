@@ -29,7 +29,7 @@ cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
 from libc.stdlib cimport free, malloc as c_malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from posix.uio cimport iovec
 
 from netpoll._buffer cimport LinkBuffer, NETPOLL_DEBUG

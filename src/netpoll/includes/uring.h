@@ -242,4 +242,148 @@ static inline void np_sqe_poll_remove(struct io_uring_sqe *sqe, unsigned long lo
     sqe->user_data = user_data;
 }
 
+/* ---- provided-buffer ring (IORING_REGISTER_PBUF_RING, group 0) ----------------
+ * nbufs buffers of bufsz bytes, one mmap; the ring of io_uring_buf entries is a
+ * second, page-aligned mmap. Ownership: a buffer in the ring belongs to the
+ * kernel (it may write into it at any time); a CQE with IORING_CQE_F_BUFFER
+ * hands buffer `bid` to us; np_pbuf_put gives it back. The memory is unmapped
+ * only after every request was cancelled synchronously and the ring fd closed
+ * (np_pbuf_teardown). */
+typedef struct np_pbuf {
+    struct io_uring_buf_ring *br;
+    char *mem;
+    unsigned nbufs, bufsz, mask;
+    unsigned short tail;
+    size_t br_sz, mem_sz;
+} np_pbuf;
+
+static inline int np_pbuf_init(np_ring *r, np_pbuf *b, unsigned nbufs, unsigned bufsz)
+{
+    struct io_uring_buf_reg reg;
+    unsigned i;
+    int err;
+    memset(b, 0, sizeof(*b));
+    b->nbufs = nbufs;              /* a power of two */
+    b->bufsz = bufsz;
+    b->mask = nbufs - 1;
+    b->br_sz = nbufs * sizeof(struct io_uring_buf);
+    b->br = (struct io_uring_buf_ring *)mmap(NULL, b->br_sz, PROT_READ | PROT_WRITE,
+                                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b->br == MAP_FAILED) {
+        b->br = NULL;
+        return -errno;
+    }
+    b->mem_sz = (size_t)nbufs * bufsz;
+    b->mem = (char *)mmap(NULL, b->mem_sz, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b->mem == MAP_FAILED) {
+        err = errno;
+        munmap(b->br, b->br_sz);
+        memset(b, 0, sizeof(*b));
+        return -err;
+    }
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (unsigned long long)(unsigned long)b->br;
+    reg.ring_entries = nbufs;
+    reg.bgid = 0;
+    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        err = errno;
+        munmap(b->mem, b->mem_sz);
+        munmap(b->br, b->br_sz);
+        memset(b, 0, sizeof(*b));
+        return -err;
+    }
+    for (i = 0; i < nbufs; i++) {
+        struct io_uring_buf *e = &b->br->bufs[i];
+        e->addr = (unsigned long long)(unsigned long)(b->mem + (size_t)i * bufsz);
+        e->len = bufsz;
+        e->bid = (unsigned short)i;
+    }
+    b->tail = (unsigned short)nbufs;
+    __atomic_store_n(&b->br->tail, b->tail, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static inline char *np_pbuf_addr(np_pbuf *b, unsigned bid)
+{
+    return b->mem + (size_t)(bid & b->mask) * b->bufsz;
+}
+
+/* Give buffer bid back to the kernel. */
+static inline void np_pbuf_put(np_pbuf *b, unsigned bid)
+{
+    struct io_uring_buf *e;
+    bid &= b->mask;
+    e = &b->br->bufs[b->tail & b->mask];
+    e->addr = (unsigned long long)(unsigned long)(b->mem + (size_t)bid * b->bufsz);
+    e->len = b->bufsz;
+    e->bid = (unsigned short)bid;
+    b->tail++;
+    __atomic_store_n(&b->br->tail, b->tail, __ATOMIC_RELEASE);
+}
+
+/* Cancel every request of the ring and wait for it (IORING_REGISTER_SYNC_CANCEL),
+ * so no request can write into a provided buffer any more. */
+static inline int np_ring_cancel_all(np_ring *r)
+{
+    struct io_uring_sync_cancel_reg reg;
+    int ret;
+    if (r->fd < 0)
+        return 0;
+    memset(&reg, 0, sizeof(reg));
+    reg.fd = -1;
+    reg.flags = IORING_ASYNC_CANCEL_ANY;
+    reg.timeout.tv_sec = -1;
+    reg.timeout.tv_nsec = -1;
+    do {
+        ret = (int)syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_SYNC_CANCEL, &reg, 1);
+    } while (ret < 0 && errno == EINTR);
+    return ret < 0 && errno != ENOENT ? -errno : 0;
+}
+
+/* Teardown order: cancel synchronously, close the ring, then unmap the buffers. */
+static inline void np_pbuf_teardown(np_ring *r, np_pbuf *b)
+{
+    if (r->fd >= 0) {
+        np_ring_cancel_all(r);
+        np_ring_exit(r);
+    }
+    if (b->mem) munmap(b->mem, b->mem_sz);
+    if (b->br) munmap(b->br, b->br_sz);
+    memset(b, 0, sizeof(*b));
+}
+
+static inline void np_sqe_recv_multishot(struct io_uring_sqe *sqe, int fd,
+                                         unsigned long long user_data)
+{
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = fd;
+    sqe->flags = IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 0;
+    sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->user_data = user_data;
+}
+
+/* One receive into one provided buffer (connections with a buffer limit: at
+ * most one buffer of input per arm, as bounded as epoll's reads). */
+static inline void np_sqe_recv_once(struct io_uring_sqe *sqe, int fd,
+                                    unsigned long long user_data)
+{
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = fd;
+    sqe->flags = IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 0;
+    sqe->ioprio = IORING_RECVSEND_POLL_FIRST;
+    sqe->user_data = user_data;
+}
+
+static inline void np_sqe_cancel(struct io_uring_sqe *sqe, unsigned long long target,
+                                 unsigned long long user_data)
+{
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = -1;
+    sqe->addr = target;
+    sqe->user_data = user_data;
+}
+
 #endif

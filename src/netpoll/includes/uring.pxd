@@ -7,6 +7,10 @@ cdef extern from "<linux/io_uring.h>" nogil:
         IORING_OP_NOP
         IORING_OP_POLL_ADD
         IORING_OP_POLL_REMOVE
+        IORING_OP_RECV
+        IORING_OP_ASYNC_CANCEL
+        IORING_CQE_F_BUFFER
+        IORING_CQE_BUFFER_SHIFT
         IORING_SETUP_CLAMP
         IORING_ENTER_GETEVENTS
         IORING_CQE_F_MORE
@@ -46,3 +50,18 @@ cdef extern from "uring.h" nogil:
     void np_sqe_poll_add(io_uring_sqe* sqe, int fd, unsigned events, unsigned long long user_data)
     void np_sqe_poll_remove(io_uring_sqe* sqe, unsigned long long target,
                             unsigned long long user_data)
+
+    ctypedef struct np_pbuf:
+        char* mem
+        unsigned nbufs
+        unsigned bufsz
+
+    int np_pbuf_init(np_ring* r, np_pbuf* b, unsigned nbufs, unsigned bufsz)
+    char* np_pbuf_addr(np_pbuf* b, unsigned bid)
+    void np_pbuf_put(np_pbuf* b, unsigned bid)
+    int np_ring_cancel_all(np_ring* r)
+    void np_pbuf_teardown(np_ring* r, np_pbuf* b)
+    void np_sqe_recv_multishot(io_uring_sqe* sqe, int fd, unsigned long long user_data)
+    void np_sqe_recv_once(io_uring_sqe* sqe, int fd, unsigned long long user_data)
+    void np_sqe_cancel(io_uring_sqe* sqe, unsigned long long target,
+                       unsigned long long user_data)

@@ -118,6 +118,9 @@ cdef class Connection:
         cdef Py_ssize_t avail, n, got = 0
         cdef char* p
         cdef int err, reads = 0
+        if self.poller.uring and self.poller.ring.recv:
+            # io_uring backend: its multishot recv does the reading
+            return uring_take_input(self.poller)
         while True:
             p = self.inbuf.book(self.book_size, self.max_size, &avail)
             n = recv(self.fd, p, avail, 0)

@@ -57,10 +57,10 @@ cdef class Poller:
         self.epfd = -1
         if config.backend == "io_uring":
             # the io_uring backend (reactor/uring.pyx): epfd is the ring fd
-            self.ring = _Ring(URING_ENTRIES)
+            self.ring = _Ring(URING_ENTRIES, _recv_model_wanted())
             self.uring = True
             self.polls = {}
-            self.next_id = 1
+            self.next_id = 2          # even: polls; odd (| 1): receives
             self.epfd = self.ring.r.fd
         else:
             self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -174,6 +174,7 @@ cdef class Poller:
                 # at once, before the caller's close(2): until the poll is
                 # cancelled the kernel keeps the socket open
                 uring_disarm(self, c)
+                uring_cancel_recv(self, c)
                 self.ring.flush()
             except Exception as exc:
                 config.logger.error("netpoll: io_uring poll removal failed (fd %d)",

@@ -56,6 +56,8 @@
 cdef enum:
     URING_ENTRIES = 4096
     URING_REAP = 256
+    URING_NBUFS = 512           # provided buffers per poller (a power of two)
+    URING_BUFSZ = 8192          # bytes each: 4 MiB per poller
 
 cdef tuple _uring_status = None        # (errno, reason) or (0, "") once probed
 
@@ -103,10 +105,22 @@ def _uring_probe(forbid=None):
     return uring_unavailable()
 
 
+cdef bint _recv_model_wanted():
+    # NETPOLL_URING_RECV=0 keeps the poll-only model (for comparison); multishot
+    # recv needs Linux 6.0
+    if os.environ.get("NETPOLL_URING_RECV", "1") == "0":
+        return False
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (6, 0)
+
+
 @cython.final
 cdef class _Ring:
 
-    def __cinit__(self, unsigned int entries):
+    def __cinit__(self, unsigned int entries, bint want_recv=False):
         cdef int rc = np_ring_init(&self.r, entries, IORING_SETUP_CLAMP)
         if rc < 0:
             raise oserror(-rc, "io_uring_setup")
@@ -115,12 +129,28 @@ cdef class _Ring:
         if self.cqes == NULL:
             np_ring_exit(&self.r)
             raise MemoryError()
+        if want_recv:
+            rc = np_pbuf_init(&self.r, &self.pb, URING_NBUFS, URING_BUFSZ)
+            if rc == 0:
+                self.recv = True
+            else:
+                config.logger.debug("netpoll: io_uring provided-buffer ring unavailable (%s): "
+                                    "poll-only model", os.strerror(-rc))
 
     def __dealloc__(self):
-        np_ring_exit(&self.r)
+        self._teardown()
         if self.cqes != NULL:
             free(self.cqes)
             self.cqes = NULL
+
+    cdef void _teardown(self) noexcept:
+        # Never unmap a buffer the kernel may still write into: cancel every
+        # request synchronously and close the ring first (np_pbuf_teardown).
+        if self.recv:
+            np_pbuf_teardown(&self.r, &self.pb)
+            self.recv = False
+        else:
+            np_ring_exit(&self.r)
 
     cdef io_uring_sqe* sqe(self) except NULL:
         cdef io_uring_sqe* s
@@ -149,21 +179,70 @@ cdef class _Ring:
         return 0
 
     cdef int close(self) except -1:
-        np_ring_exit(&self.r)
+        self._teardown()
         return 0
 
 
-cdef int uring_arm(Poller p, Connection c) except -1:
-    """Queue a POLL_ADD for c's interest mask (submitted with the pass, or now)."""
-    cdef io_uring_sqe* sqe = p.ring.sqe()
-    cdef unsigned long long pid = p.next_id
-    p.next_id += 1
-    np_sqe_poll_add(sqe, c.fd, c.events, pid)
-    p.polls[pid] = c
-    c.uring_id = pid
-    c.uring_armed = c.events
+cdef int uring_sync(Poller p, Connection c) except -1:
+    """Make c's requests in flight match its interest mask c.events.
+
+    Poll-only model: one POLL_ADD with the whole mask. Recv model: a multishot
+    RECV while EPOLLIN is wanted, and a POLL_ADD for EPOLLOUT while writing.
+    Submitted with the pass, or at once outside it.
+    """
+    cdef io_uring_sqe* sqe
+    cdef unsigned int want = c.events
+    cdef unsigned int pollmask = want
+    cdef unsigned long long pid
+    if p.ring.recv:
+        pollmask = want & EPOLLOUT
+        if want & EPOLLIN:
+            if not c.uring_rid:
+                sqe = p.ring.sqe()
+                pid = p.next_id | 1
+                p.next_id += 2
+                if c.read_limit or c.write_limit:
+                    np_sqe_recv_once(sqe, c.fd, pid)      # bounded input per arm
+                else:
+                    np_sqe_recv_multishot(sqe, c.fd, pid)
+                p.polls[pid] = c
+                c.uring_rid = pid
+        elif c.uring_rid and not c.uring_rstop:
+            # reading paused: cancel, but keep the id until the final CQE, so
+            # data the kernel received before the cancel landed is still taken
+            # in (in order); no new recv is armed before that CQE
+            sqe = p.ring.sqe()
+            np_sqe_cancel(sqe, c.uring_rid, 0)
+            c.uring_rstop = True
+    if c.uring_armed != pollmask:
+        uring_disarm(p, c)
+        if pollmask:
+            sqe = p.ring.sqe()
+            pid = p.next_id
+            p.next_id += 2
+            np_sqe_poll_add(sqe, c.fd, pollmask, pid)
+            p.polls[pid] = c
+            c.uring_id = pid
+            c.uring_armed = pollmask
     if not p.in_pass:
         p.ring.flush()
+    return 0
+
+
+cdef int uring_cancel_recv(Poller p, Connection c) except -1:
+    # The connection is closing: ASYNC_CANCEL of its recv. CQEs it posts until
+    # the cancel lands (data in provided buffers) find no connection: their
+    # buffers go back to the ring and the bytes are dropped, like unread input
+    # of a closing socket.
+    cdef io_uring_sqe* sqe
+    cdef unsigned long long rid = c.uring_rid
+    if rid:
+        p.polls.pop(rid, None)
+        c.uring_rid = 0
+        if p.ring.r.fd >= 0 and not c.uring_rstop:
+            sqe = p.ring.sqe()
+            np_sqe_cancel(sqe, rid, 0)
+        c.uring_rstop = False
     return 0
 
 
@@ -180,20 +259,41 @@ cdef int uring_disarm(Poller p, Connection c) except -1:
     return 0
 
 
+cdef int uring_arm(Poller p, Connection c) except -1:
+    return uring_sync(p, c)
+
+
 cdef int uring_modify(Poller p, Connection c, unsigned int events) except -1:
     c.events = events
-    if c.uring_armed != events:
-        uring_disarm(p, c)
-        if events:
-            uring_arm(p, c)
-        elif not p.in_pass:
-            p.ring.flush()
+    return uring_sync(p, c)
+
+
+cdef int uring_deliver(Connection c, char* data, Py_ssize_t n) except -1:
+    # Copy a completed receive from its provided buffer into the input
+    # LinkBuffer (then the caller gives the buffer back); what do_read does
+    # after its recv(2).
+    cdef Py_ssize_t avail, k, off = 0
+    cdef char* dst
+    if c.closed_by or c.draining or c.finished:
+        return 0                  # not taken in: the connection is closing or draining
+    while off < n:
+        dst = c.inbuf.book(n - off, c.max_size, &avail)
+        k = avail if avail < n - off else n - off
+        memcpy(dst, data + off, k)
+        c.inbuf.book_ack(k)
+        off += k
+    c.rx_total += n
+    if c.inbuf.length > c.max_size:
+        c.max_size = min(c.inbuf.length, BOOK_MAX)
+    if c.idle_timeout > 0:
+        c.last_active = monotonic()
+    c.on_data()
     return 0
 
 
 cdef Connection _uring_take(Poller p, dict polls, np_cqe* cq):
-    # The connection a CQE is for (None: a POLL_REMOVE's own CQE, or a removed
-    # or replaced poll); a final CQE ends its poll.
+    # The connection a CQE is for (None: a cancel's or POLL_REMOVE's own CQE, or
+    # a removed or replaced request); a final CQE ends its request.
     cdef unsigned long long pid = cq.user_data
     cdef Connection c
     if pid == 0:
@@ -204,55 +304,116 @@ cdef Connection _uring_take(Poller p, dict polls, np_cqe* cq):
     c = <Connection>obj
     if not (cq.flags & IORING_CQE_F_MORE):
         del polls[pid]
-        c.uring_armed = 0
-        c.uring_id = 0
+        if pid & 1:
+            c.uring_rid = 0
+            c.uring_rstop = False
+        else:
+            c.uring_armed = 0
+            c.uring_id = 0
     return c
+
+
+cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
+    # One CQE of c: a receive (odd id) or a poll (even id).
+    cdef unsigned int ev
+    cdef int res = cq.res
+    if cq.user_data & 1:
+        if cq.flags & IORING_CQE_F_BUFFER:
+            if res > 0:
+                uring_deliver(c, np_pbuf_addr(&p.ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT), res)
+        elif c.closed_by:
+            pass
+        elif res == 0:
+            c.mark_eof(None)
+        elif res < 0 and res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
+            c.mark_eof(oserror(-res, "recv"))
+        # -ENOBUFS: the ring ran dry; buffers are back by now, uring_sync re-arms
+        return 0
+    if res < 0:
+        if res == -_errno.ECANCELED:
+            return 0
+        ev = EPOLLERR
+    else:
+        ev = <unsigned int>res
+    if p.ring.recv:
+        # input, EOF and input errors come from the recv; the poll is for EPOLLOUT
+        if ev & (EPOLLERR | EPOLLHUP):
+            ev |= EPOLLOUT        # the send reports the error
+        ev &= EPOLLOUT
+    c.on_event(ev)
+    return 0
+
+
+cdef int uring_walk(Poller p) except -1:
+    """Reap one batch of CQEs and do its I/O (no user code: the caller runs the
+    queues). Returns how many CQEs there were."""
+    cdef _Ring ring = p.ring
+    cdef dict polls = p.polls
+    cdef np_cqe* cq
+    cdef Connection c
+    cdef int i = 0
+    cdef int n = np_ring_reap(&ring.r, ring.cqes, ring.ncqes)
+    if n <= 0:
+        return 0
+    p.in_batch = True
+    try:
+        while i < n:
+            cq = &ring.cqes[i]
+            i += 1
+            c = _uring_take(p, polls, cq)
+            try:
+                if c is not None:
+                    _uring_complete(p, c, cq)
+            finally:
+                if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
+                    # the buffer is ours since this CQE: give it back, always
+                    np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
+            if c is not None and c.registered and p.epfd >= 0:
+                uring_sync(p, c)       # re-arm what ended and is still wanted
+    finally:
+        p.in_batch = False
+        # something raised: the rest of the batch left the CQ ring already; give
+        # their buffers back and re-arm their requests (data in them is lost
+        # only in this failure case, e.g. MemoryError)
+        while i < n:
+            cq = &ring.cqes[i]
+            i += 1
+            c = _uring_take(p, polls, cq)
+            if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
+                np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
+            if c is not None and c.registered and p.epfd >= 0:
+                uring_sync(p, c)
+    return n
+
+
+cdef int uring_take_input(Poller p) except -1:
+    """Server shutdown: take in what the ring already received (no user code)."""
+    if p.in_batch or p.in_pass or p.epfd < 0:
+        return 0
+    p.in_pass = True
+    try:
+        np_ring_submit(&p.ring.r, 0, IORING_ENTER_GETEVENTS)    # runs pending task work
+        while uring_walk(p):
+            p.ring.flush()
+    finally:
+        p.in_pass = False
+        p.ring.flush()
+    return 0
 
 
 cdef int uring_pass(Poller p) except -1:
     """The I/O pass of an io_uring poller (Poller._on_ready says why it spins)."""
-    cdef _Ring ring = p.ring
-    cdef int n, i, rounds = 0
-    cdef np_cqe* cq
-    cdef Connection c
-    cdef dict polls = p.polls
+    cdef int rounds = 0
     p.in_pass = True
     try:
         while rounds < p.spin and p.epfd >= 0:
-            ring.flush()          # the previous round's re-arms, in one io_uring_enter
-            n = np_ring_reap(&ring.r, ring.cqes, ring.ncqes)
-            if n <= 0:
+            p.ring.flush()        # the previous round's re-arms, in one io_uring_enter
+            if not uring_walk(p):
                 return 0
             rounds += 1
-            p.in_batch = True
-            i = 0
-            try:
-                while i < n:
-                    cq = &ring.cqes[i]
-                    i += 1
-                    c = _uring_take(p, polls, cq)
-                    if c is None:
-                        continue
-                    if cq.res >= 0:
-                        c.on_event(<unsigned int>cq.res)
-                    elif cq.res != -_errno.ECANCELED:
-                        c.on_event(EPOLLERR)
-                    if c.registered and c.events and not c.uring_armed \
-                            and p.epfd >= 0:
-                        uring_arm(p, c)
-            finally:
-                p.in_batch = False
-                # on_event raised: the rest of the batch was taken out of the CQ
-                # ring, so re-arm those polls (level-triggered: they report again)
-                while i < n:
-                    c = _uring_take(p, polls, &ring.cqes[i])
-                    i += 1
-                    if c is not None and c.registered and c.events \
-                            and not c.uring_armed and p.epfd >= 0:
-                        uring_arm(p, c)
             p.run_pending()
     finally:
         p.in_pass = False
         if p.epfd >= 0:
-            ring.flush()           # re-arms and changes queued by the handlers
+            p.ring.flush()         # re-arms and changes queued by the handlers
     return 0
