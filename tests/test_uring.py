@@ -148,13 +148,13 @@ def test_many_connections_and_large_messages(run: Any, uring: None) -> None:
         el, ln, task = await start(plain_echo)
         conns = [await asyncio.open_connection(*ln.addr) for _ in range(60)]
         payload = os.urandom(300_000)
-        for r, w in conns[:5]:
+        for _r, w in conns[:5]:
             w.write(payload)
-        for r, w in conns[:5]:
+        for r, _w in conns[:5]:
             assert await r.readexactly(len(payload)) == payload
-        for i, (r, w) in enumerate(conns):
+        for i, (_r, w) in enumerate(conns):
             w.write(b"%d;" % i)
-        for i, (r, w) in enumerate(conns):
+        for i, (r, _w) in enumerate(conns):
             assert await r.readexactly(len(b"%d;" % i)) == b"%d;" % i
         for _, w in conns:
             w.close()

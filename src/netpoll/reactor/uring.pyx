@@ -47,11 +47,14 @@
 # the extra CQEs in its backlog (IORING_FEAT_NODROP) and sets
 # IORING_SQ_CQ_OVERFLOW; the next flush enters with GETEVENTS to move them in.
 #
-# What this model does not do yet (issue 16's full model): multishot accept
-# (the listener is still polled by the asyncio loop), multishot RECV into a
-# provided-buffer ring, and SEND SQEs gathered per pass. recv/send are still
-# system calls made by Connection, as on epoll; docs/design.md has the plan
-# and its buffer-ownership rules.
+# The recv model (the default where provided-buffer rings work, Linux >= 6.0;
+# NETPOLL_URING_RECV=0 keeps the poll-only model above): input comes from a
+# RECV with IOSQE_BUFFER_SELECT (multishot; one-shot for connections with a
+# read limit) into a provided-buffer ring, copied into the input LinkBuffer;
+# polls are armed only for EPOLLOUT. Buffer ownership, cancellation and
+# teardown: docs/design.md, "The io_uring backend". Not done: multishot accept
+# (the listener is still polled by the asyncio loop) and SEND SQEs gathered
+# per pass (send(2) stays a system call made by Connection.send_out).
 
 cdef enum:
     URING_ENTRIES = 4096
@@ -201,8 +204,8 @@ cdef int uring_sync(Poller p, Connection c) except -1:
                 sqe = p.ring.sqe()
                 pid = p.next_id | 1
                 p.next_id += 2
-                if c.read_limit or c.write_limit:
-                    np_sqe_recv_once(sqe, c.fd, pid)      # bounded input per arm
+                if c.read_limit:
+                    np_sqe_recv_once(sqe, c.fd, pid)      # bounded input: a buffer per arm
                 else:
                     np_sqe_recv_multishot(sqe, c.fd, pid)
                 p.polls[pid] = c
