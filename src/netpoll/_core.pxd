@@ -261,6 +261,8 @@ cdef class Connection:
     cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
     cdef unsigned long long uring_rid    # io_uring backend: the recv in flight's user_data
     cdef bint uring_rstop                # its cancel is in flight (its CQEs still deliver)
+    cdef bint uring_norecv               # reads with recv(2) itself (e.g. TLS): poll model;
+                                         # set before Poller.add
 
     cdef object read_waiter
     cdef Py_ssize_t read_need

@@ -118,7 +118,7 @@ cdef class Connection:
         cdef Py_ssize_t avail, n, got = 0
         cdef char* p
         cdef int err, reads = 0
-        if self.poller.uring and self.poller.ring.recv:
+        if self.poller.uring and self.poller.ring.recv and not self.uring_norecv:
             # io_uring backend: its multishot recv does the reading
             return uring_take_input(self.poller)
         while True:

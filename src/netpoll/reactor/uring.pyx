@@ -197,7 +197,7 @@ cdef int uring_sync(Poller p, Connection c) except -1:
     cdef unsigned int want = c.events
     cdef unsigned int pollmask = want
     cdef unsigned long long pid
-    if p.ring.recv:
+    if p.ring.recv and not c.uring_norecv:
         pollmask = want & EPOLLOUT
         if want & EPOLLIN:
             if not c.uring_rid:
@@ -338,7 +338,7 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
         ev = EPOLLERR
     else:
         ev = <unsigned int>res
-    if p.ring.recv:
+    if p.ring.recv and not c.uring_norecv:
         # input, EOF and input errors come from the recv; the poll is for EPOLLOUT
         if ev & (EPOLLERR | EPOLLHUP):
             ev |= EPOLLOUT        # the send reports the error
