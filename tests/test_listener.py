@@ -434,10 +434,12 @@ def test_configure_validation():
 
 
 def _epoll_fds() -> int:
+    """The pollers' fds: epoll fds, or io_uring fds on that backend."""
+    kind = "io_uring" if netpoll.get_config()["backend"] == "io_uring" else "eventpoll"
     n = 0
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventpoll]":
+            if os.readlink(f"/proc/self/fd/{fd}") == f"anon_inode:[{kind}]":
                 n += 1
     return n
 

@@ -22,6 +22,7 @@ cimport cython
 from netpoll._buffer cimport LinkBuffer
 from netpoll.includes.system cimport epoll_event
 from netpoll.includes.openssl cimport NP_SSL, NP_BIO
+from netpoll.includes.uring cimport io_uring_sqe, np_cqe, np_pbuf, np_ring
 
 
 cdef enum CloseBy:
@@ -77,6 +78,7 @@ cdef class _Config:
     cdef public str load_balance
     cdef public object logger
     cdef public int spin            # epoll_wait rounds per loop callback (NETPOLL_SPIN)
+    cdef public str backend         # "epoll" or "io_uring": the backend of new pollers
 
 
 @cython.final
@@ -90,6 +92,26 @@ cdef class _PollerSet:
     # The poller for a new connection (round robin or random).
     cdef int resize(self, int n) except -1
     # Grow to n pollers, or stop new connections from picking the extra ones.
+
+
+# -- uring.pyx ----------------------------------------------------------------------
+
+@cython.final
+cdef class _Ring:
+    """One io_uring instance: its mmapped rings and a buffer for reaped CQEs."""
+    cdef np_ring r
+    cdef np_pbuf pb             # provided buffers (multishot recv model), when recv
+    cdef bint recv              # multishot RECV + provided buffers, else poll-only
+    cdef np_cqe* cqes
+    cdef int ncqes
+
+    cdef void _teardown(self) noexcept
+
+    cdef io_uring_sqe* sqe(self) except NULL
+    # The next free SQE (submits the queued ones first when the SQ is full).
+    cdef int flush(self) except -1
+    # One io_uring_enter for every queued SQE (and the CQ overflow backlog).
+    cdef int close(self) except -1
 
 
 # -- timers.pyx ---------------------------------------------------------------------
@@ -143,6 +165,12 @@ cdef class Poller:
     cdef bint retired           # poller_num shrank: no new connections; closes when empty
     cdef int spin
     cdef set live_ptrs          # debug build: addresses of the registered connections
+    # io_uring backend (reactor/uring.pyx); epfd is then the ring fd
+    cdef bint uring
+    cdef _Ring ring
+    cdef dict polls             # poll id (CQE user_data) -> Connection, while armed
+    cdef unsigned long long next_id
+    cdef bint in_pass           # inside _on_ready: SQEs wait for the pass's one submit
     cdef object __weakref__
 
     cdef int close(self) except -1
@@ -233,6 +261,12 @@ cdef class Connection:
     cdef bint queued              # on the poller's ready list
     cdef bint close_queued        # on the poller's closes list
     cdef unsigned int events
+    cdef unsigned long long uring_id     # io_uring backend: the armed poll's user_data
+    cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
+    cdef unsigned long long uring_rid    # io_uring backend: the recv in flight's user_data
+    cdef bint uring_rstop                # its cancel is in flight (its CQEs still deliver)
+    cdef bint uring_norecv               # reads with recv(2) itself (e.g. TLS): poll model;
+                                         # set before Poller.add
 
     cdef object read_waiter
     cdef Py_ssize_t read_need

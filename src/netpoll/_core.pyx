@@ -17,6 +17,7 @@ every class, field and cdef signature is declared in _core.pxd):
 
     reactor/config.pyx      configure()/get_config(), the pollers of each loop
     reactor/timers.pyx      timer records, the per-poller heap
+    reactor/uring.pyx       the io_uring backend behind the poller's seam
     reactor/poller.pyx      the I/O pass and its queues
     reactor/handler.pyx     the Task-like driver of async handlers
     reactor/connection.pyx  Connection: state table, input/output, reader/writer
@@ -29,11 +30,12 @@ cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
 from libc.stdlib cimport free, malloc as c_malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from posix.uio cimport iovec
 
 from netpoll._buffer cimport LinkBuffer, NETPOLL_DEBUG
 from netpoll.includes.system cimport *
+from netpoll.includes.uring cimport *
 
 import asyncio
 import contextvars
@@ -104,6 +106,7 @@ def _debug_counts():
 
 include "reactor/config.pyx"
 include "reactor/timers.pyx"
+include "reactor/uring.pyx"
 include "reactor/poller.pyx"
 include "reactor/handler.pyx"
 include "reactor/connection.pyx"

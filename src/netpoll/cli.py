@@ -16,6 +16,8 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handler", choices=["async", "sync"], default="async",
                    help="handler style: async (coroutines) or sync (plain functions on "
                         "conn.input, run inside the poller's pass); default async")
+    p.add_argument("--backend", choices=["epoll", "io_uring", "auto"], default=None,
+                   help="poller backend (default: NETPOLL_BACKEND, else epoll)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     kind = "echo" if args.command == "echo" else "rpc"
     try:
         return run_server(kind, args.host, args.port, use_uvloop=args.uvloop, unix=args.unix,
-                          handler=args.handler)
+                          handler=args.handler, backend=args.backend)
     except OSError as exc:       # e.g. the address is in use: one line, no traceback
         where = args.unix or f"{args.host}:{args.port}"
         text = exc.strerror or str(exc)

@@ -233,7 +233,9 @@ class Listener:
                 raise named from exc
             fd = sock.detach()
             try:
-                conn = new_fd_connection(fd)
+                # a TLS connection reads its socket itself (see the io_uring backend)
+                conn = (new_fd_connection(fd) if self._ssl is None
+                        else _core._new_fd_connection_raw_reads(fd))
             except BaseException:
                 try:
                     os.close(fd)

@@ -13,7 +13,7 @@ import signal
 import struct
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import netpoll
 from netpoll._core import Connection
@@ -26,6 +26,7 @@ __all__ = [
     "run_server",
 ]
 
+Backend = Literal["epoll", "io_uring", "auto"]
 Handler = Callable[[Any, Connection], Awaitable[None] | None]
 _HDR = struct.Struct(">I")
 _unpack_from, _pack = _HDR.unpack_from, _HDR.pack      # bound once, not per call
@@ -99,11 +100,14 @@ PLAIN_HANDLERS: dict[str, Handler] = {"echo": echo_plain, "rpc": rpc_plain}
 
 async def serve_forever(kind: str, host: str, port: int, unix: str | None = None,
                         ready: Callable[[str], None] | None = None,
-                        handler: str = "async") -> None:
+                        handler: str = "async", backend: Backend | None = None) -> None:
     """Serve `kind` ("echo" or "rpc") until SIGINT/SIGTERM, then shut down gracefully.
 
-    handler: "async" (coroutine handlers) or "sync" (plain functions on conn.input).
+    handler: "async" (coroutine handlers) or "sync" (plain functions on conn.input);
+    backend: "epoll", "io_uring" or "auto" for netpoll.configure (None: as configured).
     """
+    if backend is not None:
+        netpoll.configure(backend=backend)
     ln: netpoll.Listener
     if unix:
         ln = netpoll.create_listener("unix", unix)
@@ -132,8 +136,11 @@ async def serve_forever(kind: str, host: str, port: int, unix: str | None = None
 
 
 def run_server(kind: str, host: str, port: int, *, use_uvloop: bool = False,
-               unix: str | None = None, handler: str = "async") -> int:
+               unix: str | None = None, handler: str = "async",
+               backend: Backend | None = None) -> int:
     """Run a server in this process until a signal; returns an exit code."""
+    if backend is not None:
+        netpoll.configure(backend=backend)
     loop_name = "asyncio"
     if use_uvloop:
         try:
@@ -148,9 +155,10 @@ def run_server(kind: str, host: str, port: int, *, use_uvloop: bool = False,
         runner = asyncio.run
 
     def ready(where: str) -> None:
-        print(f"netpoll {kind} server on {where} ({loop_name} loop, {handler} handler)",
+        print(f"netpoll {kind} server on {where} ({loop_name} loop, {handler} handler, "
+              f"{netpoll.get_config()['backend']} backend)",
               file=sys.stderr)
         print("ready", flush=True)
 
-    runner(serve_forever(kind, host, port, unix, ready, handler))
+    runner(serve_forever(kind, host, port, unix, ready, handler, backend))
     return 0

@@ -18,6 +18,7 @@ config.buffer_size = 8192
 config.load_balance = "round_robin"
 config.logger = logger
 config.spin = 4
+config.backend = "epoll"
 
 cdef dict _pollers = {}      # loop -> _PollerSet; closed loops are purged
 
@@ -33,6 +34,23 @@ cdef int _env_spin() except -1:
     if not 1 <= v <= 64:
         raise ValueError(f"NETPOLL_SPIN={raw!r}: must be an int 1..64")
     return v
+
+
+cdef str _resolve_backend(str backend):
+    # "io_uring" -> "io_uring" or OSError saying why not; "auto" -> the one to use
+    if backend == "epoll":
+        return backend
+    err, why = uring_unavailable()
+    if backend == "io_uring":
+        if err:
+            raise OSError(err, f"configure(backend='io_uring'): io_uring cannot be set up "
+                               f"here: {why}")
+        return backend
+    if err:
+        config.logger.debug("netpoll: backend 'auto' picks epoll: %s", why)
+        return "epoll"
+    config.logger.debug("netpoll: backend 'auto' picks io_uring")
+    return "io_uring"
 
 
 cdef object _int_arg(str name, object v, Py_ssize_t lo, Py_ssize_t hi):
@@ -53,8 +71,12 @@ def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None,
     load_balance: "round_robin" or "random", how connections spread over pollers;
     logger: a logging.Logger for netpoll's messages;
     link_buffer_cap: the minimum capacity of a LinkBuffer node (Go's LinkBufferCap);
-    backend: "epoll", "io_uring" or "auto". This build has the epoll backend only:
-    "auto" picks epoll, and "io_uring" raises OSError (ENOSYS) saying so.
+    backend: "epoll" (the default), "io_uring" or "auto". "auto" picks io_uring
+    when a ring can be set up and probed here, else epoll; "io_uring" raises
+    OSError saying why when it cannot be set up. Pollers made from then on use
+    it; the loops' existing pollers are retired (they serve the connections
+    they have, take no new ones). The NETPOLL_BACKEND environment variable
+    sets it at import.
 
     All arguments are checked before any is applied: a call that raises
     changes nothing.
@@ -76,9 +98,7 @@ def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None,
         if backend not in ("epoll", "io_uring", "auto"):
             raise ValueError(
                 f"configure(backend={backend!r}): expected 'epoll', 'io_uring' or 'auto'")
-        if backend == "io_uring":
-            raise OSError(_errno.ENOSYS, "configure(backend='io_uring'): this build of netpoll "
-                          "has no io_uring backend yet; use 'epoll' or 'auto'")
+        backend = _resolve_backend(backend)
     spin = _env_spin()
     if poller_num is not None:
         _forget_closed_loops()
@@ -101,6 +121,14 @@ def configure(poller_num=None, buffer_size=None, load_balance=None, logger=None,
         config.logger = logger
     if link_buffer_cap is not None:
         _buffer._set_link_buffer_cap(link_buffer_cap)
+    if backend is not None and backend != config.backend:
+        config.backend = backend
+        _forget_closed_loops()
+        for ps in list(_pollers.values()):
+            old_pollers = (<_PollerSet>ps).pollers
+            (<_PollerSet>ps).pollers = []        # pick() makes new ones
+            for p in old_pollers:
+                (<Poller>p).retire()
     config.spin = spin
 
 
@@ -110,7 +138,7 @@ def get_config():
     from netpoll import _buffer
     return {"poller_num": config.poller_num, "buffer_size": config.buffer_size,
             "load_balance": config.load_balance, "logger": config.logger,
-            "link_buffer_cap": _buffer._get_link_buffer_cap(), "backend": "epoll"}
+            "link_buffer_cap": _buffer._get_link_buffer_cap(), "backend": config.backend}
 
 
 cdef class _PollerSet:
@@ -179,3 +207,15 @@ def _forget_closed_loops():
 
 
 config.spin = _env_spin()
+
+
+cdef int _env_backend() except -1:
+    raw = os.environ.get("NETPOLL_BACKEND")
+    if raw:
+        if raw not in ("epoll", "io_uring", "auto"):
+            raise ValueError(f"NETPOLL_BACKEND={raw!r}: expected 'epoll', 'io_uring' or 'auto'")
+        config.backend = _resolve_backend(raw)
+    return 0
+
+
+_env_backend()

@@ -122,6 +122,9 @@ cdef class Connection:
         cdef int err, reads = 0
         if self.tls_layer is not None:
             return tls_do_read(self, ev, drain)      # ciphertext in, plaintext out
+        if self.poller.uring and self.poller.ring.recv and not self.uring_norecv:
+            # io_uring backend: its multishot recv does the reading
+            return uring_take_input(self.poller)
         while True:
             p = self.inbuf.book(self.book_size, self.max_size, &avail)
             n = recv(self.fd, p, avail, 0)

@@ -85,6 +85,7 @@ async def _dial(str network, object target, object family, double read_timeout,
         c.read_timeout = read_timeout
         c.write_timeout = write_timeout
         c.write_limit = write_limit
+        c.uring_norecv = ssl_ctx is not None     # TLS reads the socket itself
         c.poller.add(c)
         if idle_timeout > 0:
             c.set_idle_timeout(idle_timeout)
@@ -134,6 +135,13 @@ def _fmt_addr(target):
 
 
 @cython.binding(True)
+def _new_fd_connection_raw_reads(fd):
+    """new_fd_connection for a connection that will read its socket itself (TLS):
+    on the io_uring backend it is polled, never given a kernel-side recv."""
+    return _wrap_fd(fd, True)
+
+
+@cython.binding(True)
 def new_fd_connection(fd):
     """Wrap a connected stream socket's fd in a Connection driven by the pollers.
 
@@ -141,6 +149,10 @@ def new_fd_connection(fd):
     from now on (closing the connection closes it; detach() gives it back).
     A call that fails leaves the caller's fd as it was (open, same flags).
     """
+    return _wrap_fd(fd, False)
+
+
+cdef Connection _wrap_fd(object fd, bint raw_reads):
     cdef int flags, stype = 0
     cdef socklen_t sl = sizeof(stype)
     cdef Connection c
@@ -167,6 +179,7 @@ def new_fd_connection(fd):
     if fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0:
         raise oserror(errno, "fcntl(O_NONBLOCK)")
     c = make_connection(fd, loop, _fd_network(fd), None)
+    c.uring_norecv = raw_reads
     try:
         c.poller.add(c)
     except BaseException:

@@ -1,4 +1,6 @@
 # netpoll._core — the poller: one epoll fd on the running asyncio loop.
+# (The io_uring backend swaps the epoll fd for a ring behind the same methods:
+# add/modify/remove and _on_ready branch to reactor/uring.pyx.)
 #
 # The I/O pass
 # ------------
@@ -52,15 +54,24 @@
 cdef class Poller:
 
     def __cinit__(self, loop):
-        self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
-            raise oserror(errno, "epoll_create1")
-        self.nevents = 128
-        self.events = <epoll_event*>c_malloc(sizeof(epoll_event) * self.nevents)
-        if self.events == NULL:
-            close(self.epfd)
-            self.epfd = -1
-            raise MemoryError()
+        self.epfd = -1
+        if config.backend == "io_uring":
+            # the io_uring backend (reactor/uring.pyx): epfd is the ring fd
+            self.ring = _Ring(URING_ENTRIES, _recv_model_wanted())
+            self.uring = True
+            self.polls = {}
+            self.next_id = 2          # even: polls; odd (| 1): receives
+            self.epfd = self.ring.r.fd
+        else:
+            self.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.epfd < 0:
+                raise oserror(errno, "epoll_create1")
+            self.nevents = 128
+            self.events = <epoll_event*>c_malloc(sizeof(epoll_event) * self.nevents)
+            if self.events == NULL:
+                close(self.epfd)
+                self.epfd = -1
+                raise MemoryError()
         self.loop = loop
         self.conns = set()
         self.ready = []
@@ -74,8 +85,8 @@ cdef class Poller:
     def __dealloc__(self):
         if self.events != NULL:
             free(self.events)
-        if self.epfd >= 0:
-            close(self.epfd)
+        if self.epfd >= 0 and not self.uring:
+            close(self.epfd)          # a ring closes itself (_Ring.__dealloc__)
 
     cdef int close(self) except -1:
         """Close the epoll fd and every connection still on it, without callbacks.
@@ -90,7 +101,11 @@ cdef class Poller:
                     self.loop.remove_reader(self.epfd)
                 except Exception:
                     pass
-            close(self.epfd)
+            if self.uring:
+                self.ring.close()
+                self.polls = {}
+            else:
+                close(self.epfd)
             self.epfd = -1
         self.timers.clear()
         conns, self.conns = self.conns, set()
@@ -111,6 +126,12 @@ cdef class Poller:
 
     cdef int add(self, Connection c) except -1:
         cdef epoll_event ev
+        if self.uring:
+            c.events = READ_EVENTS
+            uring_arm(self, c)
+            c.registered = True
+            self.conns.add(c)
+            return 0
         memset(&ev, 0, sizeof(ev))
         ev.events = READ_EVENTS
         ev.data.ptr = <void*>c
@@ -128,6 +149,8 @@ cdef class Poller:
         # socket would otherwise report EPOLLHUP on every wait)
         cdef epoll_event ev
         cdef int op
+        if self.uring:
+            return uring_modify(self, c, events)
         memset(&ev, 0, sizeof(ev))
         ev.events = events
         ev.data.ptr = <void*>c
@@ -144,7 +167,19 @@ cdef class Poller:
 
     cdef void remove(self, Connection c) noexcept:
         cdef epoll_event ev
-        if c.registered:
+        if c.registered and self.uring:
+            c.registered = False
+            c.events = 0
+            try:
+                # at once, before the caller's close(2): until the poll is
+                # cancelled the kernel keeps the socket open
+                uring_disarm(self, c)
+                uring_cancel_recv(self, c)
+                self.ring.flush()
+            except Exception as exc:
+                config.logger.error("netpoll: io_uring poll removal failed (fd %d)",
+                                    c.fd, exc_info=exc)
+        elif c.registered:
             c.registered = False
             if c.events and self.epfd >= 0:
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, c.fd, &ev)
@@ -175,6 +210,9 @@ cdef class Poller:
         # callback instead of costing another trip through the asyncio loop.
         cdef int n, i, rounds = 0
         cdef Connection c
+        if self.uring:
+            uring_pass(self)
+            return
         while rounds < self.spin and self.epfd >= 0:
             n = epoll_wait(self.epfd, self.events, self.nevents, 0)
             if n <= 0:

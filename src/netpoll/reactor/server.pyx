@@ -237,6 +237,7 @@ cdef class EventLoop:
                 return 0
             if c.closed_by:
                 return 0      # on_prepare closed it: never registered
+        c.uring_norecv = self.ssl_ctx is not None     # TLS reads the socket itself
         c.poller.add(c)
         if self.ssl_ctx is not None:
             # on_connect / CS_CONNECTED come when the handshake is over (tls.pyx)

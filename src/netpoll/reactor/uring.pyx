@@ -1,0 +1,422 @@
+# netpoll._core — the io_uring backend: one ring per poller, readiness through it.
+#
+# The seam
+# --------
+# A Poller is either an epoll poller or an io_uring poller (config.backend when
+# it is made). Everything above the poller — Connection.on_event, do_read,
+# send_out, the queues, the rule that no user code runs inside the walk — is
+# the same. What the io_uring poller changes is how readiness reaches on_event
+# and what one I/O pass costs in system calls:
+#
+#   epoll     epoll_ctl per interest change; epoll_wait per round
+#   io_uring  a POLL_ADD SQE per armed interest, queued in user memory; one
+#             io_uring_enter per round submits all of them; completions are
+#             read from the mmapped CQ ring without a system call
+#
+# The ring fd is registered with the asyncio loop (add_reader), exactly like
+# the epoll fd: an io_uring fd polls readable while its CQ ring holds
+# completions. (No IORING_SETUP_DEFER_TASKRUN or COOP_TASKRUN: with those the
+# completion task_work would wait for our next io_uring_enter, and the loop's
+# epoll_wait on the ring fd would not wake.)
+#
+# The completion model (this build): one-shot POLL_ADD, re-armed
+# ----------------------------------------------------------------
+# Every registered connection whose interest mask (c.events) is not 0 has one
+# POLL_ADD in flight with that mask. Its CQE carries the ready mask (same bit
+# values as epoll's); the walk hands it to c.on_event and, if the connection
+# still wants events, queues a new POLL_ADD. A one-shot poll checks readiness
+# when it is armed, so this is level-triggered, like our epoll use: do_read may
+# stop after 4 reads and rely on being told again. (Multishot poll is
+# edge-triggered and would lose that.) An interest change (update_events ->
+# modify) queues a POLL_REMOVE for the old poll and a POLL_ADD for the new mask.
+#
+# Lifetime: no borrowed pointers
+# ------------------------------
+# With epoll, EPOLL_CTL_DEL is synchronous; with io_uring a removed poll's CQE
+# (-ECANCELED) can arrive a pass later, after the connection is gone. So the
+# CQE user_data is not a pointer but a poll id: `Poller.polls` maps id ->
+# Connection (a strong reference) while the poll is armed. A CQE whose id is
+# not in the map (a removed or replaced poll) is dropped without touching any
+# connection. Poll requests reference no user memory, so cancellation needs no
+# waiting: the kernel only holds a reference to the *file*. That is why
+# Poller.remove submits its POLL_REMOVE at once, before close(2): until the
+# poll is cancelled the socket stays open in the kernel.
+#
+# Overflow: the ring is made with 4096 SQ entries (CQ 8192). SQ full: the
+# queued SQEs are submitted and the SQE taken again. CQ full: the kernel keeps
+# the extra CQEs in its backlog (IORING_FEAT_NODROP) and sets
+# IORING_SQ_CQ_OVERFLOW; the next flush enters with GETEVENTS to move them in.
+#
+# The recv model (the default where provided-buffer rings work, Linux >= 6.0;
+# NETPOLL_URING_RECV=0 keeps the poll-only model above): input comes from a
+# RECV with IOSQE_BUFFER_SELECT (multishot; one-shot for connections with a
+# read limit) into a provided-buffer ring, copied into the input LinkBuffer;
+# polls are armed only for EPOLLOUT. Buffer ownership, cancellation and
+# teardown: docs/design.md, "The io_uring backend". Not done: multishot accept
+# (the listener is still polled by the asyncio loop) and SEND SQEs gathered
+# per pass (send(2) stays a system call made by Connection.send_out).
+
+cdef enum:
+    URING_ENTRIES = 4096
+    URING_REAP = 256
+    URING_NBUFS = 512           # provided buffers per poller (a power of two)
+    URING_BUFSZ = 8192          # bytes each: 4 MiB per poller
+
+cdef tuple _uring_status = None        # (errno, reason) or (0, "") once probed
+
+
+cdef tuple uring_unavailable():
+    """(0, "") when an io_uring poller can be made here, else (errno, why)."""
+    global _uring_status
+    cdef np_ring r
+    cdef unsigned char ops[2]
+    cdef int rc
+    if _uring_status is not None:
+        return _uring_status
+    rc = np_ring_init(&r, 8, IORING_SETUP_CLAMP)
+    if rc < 0:
+        err = -rc
+        hint = ""
+        if err in (_errno.EPERM, _errno.ENOSYS, _errno.EACCES):
+            hint = " (blocked by seccomp, kernel.io_uring_disabled or an old kernel)"
+        status = (err, f"io_uring_setup: {os.strerror(err)}{hint}")
+    else:
+        ops[0] = IORING_OP_POLL_ADD
+        ops[1] = IORING_OP_POLL_REMOVE
+        rc = np_ring_probe(&r, ops, 2)
+        np_ring_exit(&r)
+        if rc < 0:
+            status = (-rc, f"IORING_REGISTER_PROBE: {os.strerror(-rc)}")
+        elif rc == 0:
+            status = (_errno.ENOSYS, "the kernel's io_uring lacks POLL_ADD/POLL_REMOVE")
+        else:
+            status = (0, "")
+    _uring_status = status
+    return status
+
+
+@cython.binding(True)
+def _uring_probe(forbid=None):
+    """(errno, reason) why io_uring cannot be used here, (0, "") when it can.
+
+    Tests only: forbid=(errno, reason) makes the probe report that from now on
+    (as seccomp would), forbid=() probes again.
+    """
+    global _uring_status
+    if forbid is not None:
+        _uring_status = tuple(forbid) if forbid else None
+    return uring_unavailable()
+
+
+cdef bint _recv_model_wanted():
+    # NETPOLL_URING_RECV=0 keeps the poll-only model (for comparison); multishot
+    # recv needs Linux 6.0
+    if os.environ.get("NETPOLL_URING_RECV", "1") == "0":
+        return False
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (6, 0)
+
+
+@cython.final
+cdef class _Ring:
+
+    def __cinit__(self, unsigned int entries, bint want_recv=False):
+        cdef int rc = np_ring_init(&self.r, entries, IORING_SETUP_CLAMP)
+        if rc < 0:
+            raise oserror(-rc, "io_uring_setup")
+        self.ncqes = URING_REAP
+        self.cqes = <np_cqe*>c_malloc(sizeof(np_cqe) * self.ncqes)
+        if self.cqes == NULL:
+            np_ring_exit(&self.r)
+            raise MemoryError()
+        if want_recv:
+            rc = np_pbuf_init(&self.r, &self.pb, URING_NBUFS, URING_BUFSZ)
+            if rc == 0:
+                self.recv = True
+            else:
+                config.logger.debug("netpoll: io_uring provided-buffer ring unavailable (%s): "
+                                    "poll-only model", os.strerror(-rc))
+
+    def __dealloc__(self):
+        self._teardown()
+        if self.cqes != NULL:
+            free(self.cqes)
+            self.cqes = NULL
+
+    cdef void _teardown(self) noexcept:
+        # Never unmap a buffer the kernel may still write into: cancel every
+        # request synchronously and close the ring first (np_pbuf_teardown).
+        if self.recv:
+            np_pbuf_teardown(&self.r, &self.pb)
+            self.recv = False
+        else:
+            np_ring_exit(&self.r)
+
+    cdef io_uring_sqe* sqe(self) except NULL:
+        cdef io_uring_sqe* s
+        if self.r.fd < 0:
+            raise OSError(_errno.EBADF, "io_uring: the ring is closed")
+        s = np_ring_sqe(&self.r)
+        if s == NULL:
+            self.flush()         # SQ full: hand the batch to the kernel first
+            s = np_ring_sqe(&self.r)
+            if s == NULL:
+                raise OSError(_errno.EBUSY, "io_uring: the submission queue is full")
+        return s
+
+    cdef int flush(self) except -1:
+        cdef int rc
+        cdef unsigned int flags = 0
+        if self.r.fd < 0:
+            return 0
+        if np_ring_overflowed(&self.r):
+            flags = IORING_ENTER_GETEVENTS
+        elif np_ring_pending(&self.r) == 0:
+            return 0
+        rc = np_ring_submit(&self.r, 0, flags)
+        if rc < 0 and rc != -_errno.EBUSY and rc != -_errno.EAGAIN:
+            raise oserror(-rc, "io_uring_enter")
+        return 0
+
+    cdef int close(self) except -1:
+        self._teardown()
+        return 0
+
+
+cdef int uring_sync(Poller p, Connection c) except -1:
+    """Make c's requests in flight match its interest mask c.events.
+
+    Poll-only model: one POLL_ADD with the whole mask. Recv model: a multishot
+    RECV while EPOLLIN is wanted, and a POLL_ADD for EPOLLOUT while writing.
+    Submitted with the pass, or at once outside it.
+    """
+    cdef io_uring_sqe* sqe
+    cdef unsigned int want = c.events
+    cdef unsigned int pollmask = want
+    cdef unsigned long long pid
+    if p.ring.recv and not c.uring_norecv:
+        pollmask = want & EPOLLOUT
+        if want & EPOLLIN:
+            if not c.uring_rid:
+                sqe = p.ring.sqe()
+                pid = p.next_id | 1
+                p.next_id += 2
+                if c.read_limit:
+                    np_sqe_recv_once(sqe, c.fd, pid)      # bounded input: a buffer per arm
+                else:
+                    np_sqe_recv_multishot(sqe, c.fd, pid)
+                p.polls[pid] = c
+                c.uring_rid = pid
+        elif c.uring_rid and not c.uring_rstop:
+            # reading paused: cancel, but keep the id until the final CQE, so
+            # data the kernel received before the cancel landed is still taken
+            # in (in order); no new recv is armed before that CQE
+            sqe = p.ring.sqe()
+            np_sqe_cancel(sqe, c.uring_rid, 0)
+            c.uring_rstop = True
+    if c.uring_armed != pollmask:
+        uring_disarm(p, c)
+        if pollmask:
+            sqe = p.ring.sqe()
+            pid = p.next_id
+            p.next_id += 2
+            np_sqe_poll_add(sqe, c.fd, pollmask, pid)
+            p.polls[pid] = c
+            c.uring_id = pid
+            c.uring_armed = pollmask
+    if not p.in_pass:
+        p.ring.flush()
+    return 0
+
+
+cdef int uring_cancel_recv(Poller p, Connection c) except -1:
+    # The connection is closing: ASYNC_CANCEL of its recv. CQEs it posts until
+    # the cancel lands (data in provided buffers) find no connection: their
+    # buffers go back to the ring and the bytes are dropped, like unread input
+    # of a closing socket.
+    cdef io_uring_sqe* sqe
+    cdef unsigned long long rid = c.uring_rid
+    if rid:
+        p.polls.pop(rid, None)
+        c.uring_rid = 0
+        if p.ring.r.fd >= 0 and not c.uring_rstop:
+            sqe = p.ring.sqe()
+            np_sqe_cancel(sqe, rid, 0)
+        c.uring_rstop = False
+    return 0
+
+
+cdef int uring_disarm(Poller p, Connection c) except -1:
+    """Queue a POLL_REMOVE for c's armed poll; its late CQEs find no connection."""
+    cdef io_uring_sqe* sqe
+    if c.uring_armed:
+        p.polls.pop(c.uring_id, None)
+        c.uring_armed = 0
+        if p.ring.r.fd >= 0:
+            sqe = p.ring.sqe()
+            np_sqe_poll_remove(sqe, c.uring_id, 0)
+        c.uring_id = 0
+    return 0
+
+
+cdef int uring_arm(Poller p, Connection c) except -1:
+    return uring_sync(p, c)
+
+
+cdef int uring_modify(Poller p, Connection c, unsigned int events) except -1:
+    c.events = events
+    return uring_sync(p, c)
+
+
+cdef int uring_deliver(Connection c, char* data, Py_ssize_t n) except -1:
+    # Copy a completed receive from its provided buffer into the input
+    # LinkBuffer (then the caller gives the buffer back); what do_read does
+    # after its recv(2).
+    cdef Py_ssize_t avail, k, off = 0
+    cdef char* dst
+    if c.closed_by or c.draining or c.finished:
+        return 0                  # not taken in: the connection is closing or draining
+    while off < n:
+        dst = c.inbuf.book(n - off, c.max_size, &avail)
+        k = avail if avail < n - off else n - off
+        memcpy(dst, data + off, k)
+        c.inbuf.book_ack(k)
+        off += k
+    c.rx_total += n
+    if c.inbuf.length > c.max_size:
+        c.max_size = min(c.inbuf.length, BOOK_MAX)
+    if c.idle_timeout > 0:
+        c.last_active = monotonic()
+    c.on_data()
+    return 0
+
+
+cdef Connection _uring_take(Poller p, dict polls, np_cqe* cq):
+    # The connection a CQE is for (None: a cancel's or POLL_REMOVE's own CQE, or
+    # a removed or replaced request); a final CQE ends its request.
+    cdef unsigned long long pid = cq.user_data
+    cdef Connection c
+    if pid == 0:
+        return None
+    obj = polls.get(pid)
+    if obj is None:
+        return None
+    c = <Connection>obj
+    if not (cq.flags & IORING_CQE_F_MORE):
+        del polls[pid]
+        if pid & 1:
+            c.uring_rid = 0
+            c.uring_rstop = False
+        else:
+            c.uring_armed = 0
+            c.uring_id = 0
+    return c
+
+
+cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
+    # One CQE of c: a receive (odd id) or a poll (even id).
+    cdef unsigned int ev
+    cdef int res = cq.res
+    if cq.user_data & 1:
+        if cq.flags & IORING_CQE_F_BUFFER:
+            if res > 0:
+                uring_deliver(c, np_pbuf_addr(&p.ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT), res)
+        elif c.closed_by:
+            pass
+        elif res == 0:
+            c.mark_eof(None)
+        elif res < 0 and res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
+            c.mark_eof(oserror(-res, "recv"))
+        # -ENOBUFS: the ring ran dry; buffers are back by now, uring_sync re-arms
+        return 0
+    if res < 0:
+        if res == -_errno.ECANCELED:
+            return 0
+        ev = EPOLLERR
+    else:
+        ev = <unsigned int>res
+    if p.ring.recv and not c.uring_norecv:
+        # input, EOF and input errors come from the recv; the poll is for EPOLLOUT
+        if ev & (EPOLLERR | EPOLLHUP):
+            ev |= EPOLLOUT        # the send reports the error
+        ev &= EPOLLOUT
+    c.on_event(ev)
+    return 0
+
+
+cdef int uring_walk(Poller p) except -1:
+    """Reap one batch of CQEs and do its I/O (no user code: the caller runs the
+    queues). Returns how many CQEs there were."""
+    cdef _Ring ring = p.ring
+    cdef dict polls = p.polls
+    cdef np_cqe* cq
+    cdef Connection c
+    cdef int i = 0
+    cdef int n = np_ring_reap(&ring.r, ring.cqes, ring.ncqes)
+    if n <= 0:
+        return 0
+    p.in_batch = True
+    try:
+        while i < n:
+            cq = &ring.cqes[i]
+            i += 1
+            c = _uring_take(p, polls, cq)
+            try:
+                if c is not None:
+                    _uring_complete(p, c, cq)
+            finally:
+                if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
+                    # the buffer is ours since this CQE: give it back, always
+                    np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
+            if c is not None and c.registered and p.epfd >= 0:
+                uring_sync(p, c)       # re-arm what ended and is still wanted
+    finally:
+        p.in_batch = False
+        # something raised: the rest of the batch left the CQ ring already; give
+        # their buffers back and re-arm their requests (data in them is lost
+        # only in this failure case, e.g. MemoryError)
+        while i < n:
+            cq = &ring.cqes[i]
+            i += 1
+            c = _uring_take(p, polls, cq)
+            if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
+                np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
+            if c is not None and c.registered and p.epfd >= 0:
+                uring_sync(p, c)
+    return n
+
+
+cdef int uring_take_input(Poller p) except -1:
+    """Server shutdown: take in what the ring already received (no user code)."""
+    if p.in_batch or p.in_pass or p.epfd < 0:
+        return 0
+    p.in_pass = True
+    try:
+        np_ring_submit(&p.ring.r, 0, IORING_ENTER_GETEVENTS)    # runs pending task work
+        while uring_walk(p):
+            p.ring.flush()
+    finally:
+        p.in_pass = False
+        p.ring.flush()
+    return 0
+
+
+cdef int uring_pass(Poller p) except -1:
+    """The I/O pass of an io_uring poller (Poller._on_ready says why it spins)."""
+    cdef int rounds = 0
+    p.in_pass = True
+    try:
+        while rounds < p.spin and p.epfd >= 0:
+            p.ring.flush()        # the previous round's re-arms, in one io_uring_enter
+            if not uring_walk(p):
+                return 0
+            rounds += 1
+            p.run_pending()
+    finally:
+        p.in_pass = False
+        if p.epfd >= 0:
+            p.ring.flush()         # re-arms and changes queued by the handlers
+    return 0
