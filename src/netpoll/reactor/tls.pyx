@@ -76,6 +76,7 @@ cdef object _SSLSocketType = None
 cdef object _MemoryBIOType = None
 
 
+@cython.binding(True)
 def _tls_find_libs():
     """Where to resolve OpenSSL from: the _ssl extension module itself.
 
@@ -91,6 +92,7 @@ def _tls_find_libs():
     return path, ""
 
 
+@cython.binding(True)
 def _tls_init_fast():
     global _tls_fast_enabled, _SSLSocketType, _MemoryBIOType
     import _ssl as _ssl_c
