@@ -38,6 +38,20 @@ async def echo_on_request(ctx: Any, conn: Connection) -> None:
     await conn.flush()
 
 
+def _answer_frames(data: memoryview, avail: int, write: Callable[[Any], int]) -> int:
+    """Encode a response for every complete frame in data; returns the bytes consumed."""
+    pos = 0
+    while avail - pos >= 4:
+        (n,) = _unpack_from(data, pos)
+        end = pos + 4 + n
+        if end > avail:
+            break                       # called again when the rest arrives
+        write(_pack(n))
+        write(data[pos + 4:end])
+        pos = end
+    return pos
+
+
 async def rpc_on_request(ctx: Any, conn: Connection) -> None:
     """Answer every complete frame (4-byte big-endian length + payload) in the buffer.
 
@@ -48,17 +62,7 @@ async def rpc_on_request(ctx: Any, conn: Connection) -> None:
     avail = conn.len()
     if avail < 4:
         return
-    data = await conn.peek(avail)
-    write = conn.write_binary
-    pos = 0
-    while avail - pos >= 4:
-        (n,) = _unpack_from(data, pos)
-        end = pos + 4 + n
-        if end > avail:
-            break                       # called again when the rest arrives
-        write(_pack(n))
-        write(data[pos + 4:end])
-        pos = end
+    pos = _answer_frames(await conn.peek(avail), avail, conn.write_binary)
     if pos:
         await conn.skip(pos)
         await conn.flush()
@@ -78,17 +82,7 @@ def rpc_plain(ctx: Any, conn: Connection) -> None:
     avail = len(buf)
     if avail < 4:
         return
-    data = buf.peek(avail)
-    write = conn.write_binary
-    pos = 0
-    while avail - pos >= 4:
-        (n,) = _unpack_from(data, pos)
-        end = pos + 4 + n
-        if end > avail:
-            break                       # called again when the rest arrives
-        write(_pack(n))
-        write(data[pos + 4:end])
-        pos = end
+    pos = _answer_frames(buf.peek(avail), avail, conn.write_binary)
     if pos:
         buf.skip(pos)
         conn.flush_nowait()
