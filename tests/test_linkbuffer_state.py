@@ -34,8 +34,6 @@ from hypothesis.stateful import (
 
 from netpoll import LinkBuffer, NotEnoughDataError, _buffer
 
-pytestmark = pytest.mark.timeout(60)
-
 
 @pytest.fixture(autouse=True)
 def _watchdog():
@@ -47,6 +45,9 @@ def _watchdog():
 
 
 DEBUG_BUILD = bool(getattr(_buffer, "NETPOLL_DEBUG_BUILD", False))
+# The debug build (the ASan pass of tests/test_sanitizers.py) checks the live-object
+# counters with a gc.collect() after every example, so it runs fewer of them, longer.
+pytestmark = pytest.mark.timeout(240 if DEBUG_BUILD else 60)
 MAX_HELD = 24
 MAX_SLICES = 4
 
@@ -436,7 +437,7 @@ class LinkBufferMachine(RuleBasedStateMachine):
 
 
 LinkBufferMachine.TestCase.settings = settings(
-    max_examples=150,
+    max_examples=60 if DEBUG_BUILD else 150,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

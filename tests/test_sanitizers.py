@@ -44,7 +44,7 @@ SUBSET = [
 ]
 
 pytestmark = [
-    pytest.mark.timeout(1200),
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(
         not ENABLED, reason="about 3 minutes: runs with CI=true or NETPOLL_SANITIZE_TESTS=1"
     ),
@@ -143,7 +143,7 @@ def test_suite_subset_under_asan_and_ubsan(asan_build, asan_env):
         "-o",
         "timeout=120",
         *SUBSET,
-        timeout=1100,
+        timeout=1700,
     )
     out = proc.stdout + proc.stderr
     assert "AddressSanitizer" not in out and "runtime error:" not in out, out[-6000:]
