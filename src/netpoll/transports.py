@@ -207,10 +207,10 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
         self._core.writelines(list_of_data)  # type: ignore[union-attr]
 
     def get_write_buffer_size(self) -> int:
-        return self._core.get_write_buffer_size()  # type: ignore[union-attr,no-any-return]
+        return self._core.get_write_buffer_size()  # type: ignore[union-attr]
 
     def is_closing(self) -> bool:
-        return self._core.is_closing()  # type: ignore[union-attr,no-any-return]
+        return self._core.is_closing()  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
         self._core.pause_reading()  # type: ignore[union-attr]
@@ -219,7 +219,7 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
         self._core.resume_reading()  # type: ignore[union-attr]
 
     def is_reading(self) -> bool:
-        return self._core.is_reading()  # type: ignore[union-attr,no-any-return]
+        return self._core.is_reading()  # type: ignore[union-attr]
 
     def close(self) -> None:
         self._core.close()  # type: ignore[union-attr]
@@ -236,7 +236,7 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
     # -- flow control: asyncio's _FlowControlMixin surface, on the core's state -------
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._core.get_write_buffer_limits()  # type: ignore[union-attr,no-any-return]
+        return self._core.get_write_buffer_limits()  # type: ignore[union-attr]
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._core.set_write_buffer_limits(high, low)  # type: ignore[union-attr]
@@ -250,15 +250,15 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
     def _maybe_resume_protocol(self) -> None:
         pass  # the core resumes it when its output drains
 
-    @property  # type: ignore[override]
+    @property
     def _protocol_paused(self) -> bool:  # read by asyncio's sendfile fallback
         return bool(self._core.protocol_paused) if self._core is not None else False
 
-    @property  # type: ignore[override]
+    @property
     def _high_water(self) -> int:
         return self.get_write_buffer_limits()[1]
 
-    @property  # type: ignore[override]
+    @property
     def _low_water(self) -> int:
         return self.get_write_buffer_limits()[0]
 
@@ -402,7 +402,7 @@ class _BorrowedMixin(_RouteMixin):
             except FileNotFoundError:
                 pass
             except OSError as err:
-                asyncio.log.logger.error(
+                logger.error(
                     "Unable to clean up listening UNIX socket %r: %r", path, err)
 
     @property
