@@ -130,6 +130,10 @@ cdef class TransportCore:
             return self.c_fatal_error(c.close_error, "Fatal write error on socket transport")
         if self.reader_on:
             n = c.inbuf.length
+            if n and c.peer_eof and not self.eof_seen:
+                # asyncio reads the data and the EOF in two loop iterations; so
+                # does a transport: the EOF (or the read error) waits for the next
+                self.loop.call_soon(self._deliver_soon)
             if n:
                 if self.buffered:
                     self.deliver_buffered()
@@ -146,7 +150,8 @@ cdef class TransportCore:
                     return 0
                 if c.inbuf.length == 0:
                     c.inbuf.release_keep(c.book_size)
-            if self.reader_on and c.peer_eof and not self.eof_seen and c.inbuf.length == 0:
+            if self.reader_on and c.peer_eof and not self.eof_seen and c.inbuf.length == 0 \
+                    and not n:
                 self.eof_seen = True
                 exc = c.close_error
                 if exc is not None:
@@ -168,7 +173,8 @@ cdef class TransportCore:
                 else:
                     self.close()
                     return 0
-        self.maybe_resume()                  # (may write more)
+        if self.protocol_paused:
+            self.maybe_resume()              # (may write more)
         if self.closing and not c.writing and c.outbuf.length == 0 and not self.conn_lost \
                 and not c.finished:
             # close() waited for the output; it is sent (asyncio calls
@@ -176,6 +182,11 @@ cdef class TransportCore:
             self.conn_lost += 1
             self.transport._call_connection_lost(None)
         return 0
+
+    def _deliver_soon(self):
+        # (a loop callback: the peer's EOF after the data that came with it)
+        if not self.conn.poller.in_batch:
+            self.deliver()
 
     cdef int deliver_buffered(self) except -1:
         # BufferedProtocol: get_buffer(-1), copy, buffer_updated(n), while input is left.
@@ -233,7 +244,10 @@ cdef class TransportCore:
                             f"not {type(data).__name__!r}")
         if self.eof:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if not data:
+        if type(data) is bytes:
+            if PyBytes_GET_SIZE(data) == 0:
+                return
+        elif not data:
             return
         if self.conn_lost or c.closed_by:
             if self.conn_lost >= _LOG_THRESHOLD:
