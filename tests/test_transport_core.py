@@ -619,3 +619,32 @@ def test_exception_in_callback_closes_only_its_transport(run: Callable[..., Any]
             s.close()
 
     run(main)
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_connection_close_error_names_the_failure(kind: str) -> None:
+    """conn.close_error (every connection, not only transports): the reset's OSError."""
+    from conftest import new_loop
+
+    async def main() -> None:
+        lsock = socket.create_server(("127.0.0.1", 0))
+        cli = socket.create_connection(lsock.getsockname())
+        peer, _ = lsock.accept()
+        conn = netpoll.new_fd_connection(cli.detach())
+        assert conn.close_error is None
+        _rst(peer)
+        deadline = asyncio.get_running_loop().time() + 5
+        while conn.is_active():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.005)
+        assert isinstance(conn.close_error, ConnectionResetError), conn.close_error
+        assert conn.close_error.errno == errno.ECONNRESET
+        conn.close()
+        assert isinstance(conn.close_error, ConnectionResetError)  # a local close keeps it
+        lsock.close()
+
+    loop = new_loop(kind)
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        loop.close()

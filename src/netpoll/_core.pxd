@@ -320,6 +320,8 @@ cdef class Connection:
     # EPOLLOUT armed or not (the output waits for the socket).
     cdef int drop_output(self) except -1
     # Free unsent output (abort, a failed send).
+    cdef object note_error(self, int err)
+    # A recv/send failed with err: close_error is set (if not yet); returns it.
     cdef int on_writable(self) except -1
     cdef int send_out(self) except? -2
     # Write queued output: 0 all sent, 1 the socket is full, -errno on error.

@@ -8,31 +8,32 @@ behaves as asyncio's socket transport.
 
 How a transport is built
 ------------------------
-A transport is a netpoll ``Connection`` with a protocol instead of a handler::
+A transport is a netpoll ``Connection`` with a protocol instead of a handler;
+the work is the core's (``TransportCore``, ``reactor/transport.pyx``)::
 
-    socket ──epoll (netpoll poller, C)──▶ conn.input ──plain on_request──▶ protocol.data_received
-    protocol ──transport.write──▶ socket.send() now ── EAGAIN: the rest ──▶ loop writer ──▶ send
+    socket ──recv (the poller's I/O pass, C)──▶ conn input ──after the pass──▶ protocol.data_received
+    protocol ──transport.write (C)──▶ send() now ── what the socket did not take ──▶ conn output ──EPOLLOUT──▶ send
 
-* Reading is the core's: a poller drains ``epoll_wait`` and ``recv`` in C for
-  every ready connection, then calls the transport's plain-function
-  ``on_request`` once per connection with new input; that call hands the bytes
-  to ``data_received`` (or copies them into ``get_buffer()`` memory for a
-  ``BufferedProtocol``). No asyncio reader callback and no loop iteration per
-  connection.
-* Writing is asyncio's own algorithm (send at once, buffer the rest, a loop
-  writer callback drains it, ``pause_writing``/``resume_writing`` at the water
-  marks). It is kept in Python until the core reports write errors and drain
-  levels to the transport (see "core hooks" in docs/asyncio.md): asyncio's
-  error semantics (``BrokenPipeError``/``ConnectionResetError`` into
-  ``connection_lost``) and exact water marks need the errno and the drain
-  events, which the core's ``flush_nowait`` does not report today.
-* The socket is shared: the transport's ``socket.socket`` and the core's
-  connection use one fd. The core owns it while the connection lives; when the
-  peer closes, the core closes its fd, so the transport takes a ``dup`` of it
-  first (in the close callback, which runs before the core's ``close``) and
-  keeps writing on it — that is how ``eof_received()`` returning True
-  (half-close, used by every ``StreamReaderProtocol``) and unsent output after
-  a peer EOF keep asyncio's meaning.
+* Reading: a poller drains ``epoll_wait`` and calls ``recv`` in C for every ready
+  connection, then, after the pass, calls ``data_received(bytes)`` once per
+  connection with everything that arrived (or ``get_buffer(-1)`` + copy +
+  ``buffer_updated(n)`` for a ``BufferedProtocol``) - no asyncio reader
+  callback, no Python trampoline, no loop iteration per connection. The reader
+  starts after ``connection_made`` (as asyncio's); ``pause_reading()`` takes
+  the socket out of the epoll set at once.
+* Writing: ``write()`` sends at once from the caller's memory; what the
+  socket does not take goes to the connection's output LinkBuffer (a large
+  ``bytes`` is linked, not copied) and the poller sends it on EPOLLOUT.
+  ``pause_writing``/``resume_writing`` at asyncio's water marks,
+  ``write_eof`` after the queued output, ``close()`` sends what is queued,
+  then ``connection_lost(None)``.
+* Peer EOF: the core stops reading and calls ``eof_received()``; the
+  connection stays open for writing until the transport closes. A failed
+  ``recv``/``send`` gives ``connection_lost`` its ``OSError``
+  (``conn.close_error``: ``ConnectionResetError``, ``BrokenPipeError``...).
+* Python here: the transport object itself (extra info, the ``Server``, the
+  socket object, ``connection_lost``). The methods called per request are the
+  core's bound methods set on the instance, so they cost no Python frame.
 
 Loops
 -----

@@ -13,7 +13,8 @@
 #   draining       False -> True                       begin_drain() (server shutdown)
 #   processing     False <-> True                      start_handler() / handler_done()
 #   finished       False -> True                       finish_close() / abandon()
-#   close_error    None -> OSError                     mark_eof()  (the failed recv/send)
+#   close_error    None -> OSError                     mark_eof(), note_error() (the failed
+#                                                      recv/send; the first one stays)
 #
 # A transport's connection (proto set, reactor/transport.pyx) never closes by
 # itself: a peer EOF or a socket error is queued for its TransportCore, which
@@ -250,6 +251,11 @@ cdef class Connection:
             return 0
         self.writing = on
         return self.update_events()
+
+    cdef object note_error(self, int err):
+        if self.close_error is None:
+            self.close_error = sockerror(err)
+        return self.close_error
 
     cdef int drop_output(self) except -1:
         if self.outbuf.length:

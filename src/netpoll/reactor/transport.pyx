@@ -114,8 +114,7 @@ cdef class TransportCore:
         cdef Connection c = self.conn
         c.drop_output()
         c.set_writing(False)
-        if c.close_error is None:
-            c.close_error = sockerror(err)
+        c.note_error(err)
         self.write_failed = True
         return self.queue()
 
@@ -283,9 +282,7 @@ cdef class TransportCore:
         if sent == n:
             return 0
         if sent < 0:
-            if c.close_error is None:
-                c.close_error = sockerror(<int>-sent)
-            self.c_fatal_error(c.close_error, "Fatal write error on socket transport")
+            self.c_fatal_error(c.note_error(<int>-sent), "Fatal write error on socket transport")
             return 2
         if type(data) is bytes:
             c.outbuf.c_write(data)               # large bytes are linked, not copied
@@ -322,9 +319,7 @@ cdef class TransportCore:
             r = c.send_out()
             if r < 0:
                 c.drop_output()
-                if c.close_error is None:
-                    c.close_error = sockerror(-r)
-                self.c_fatal_error(c.close_error, "Fatal write error on socket transport")
+                self.c_fatal_error(c.note_error(-r), "Fatal write error on socket transport")
                 return
             if r == 1:
                 c.set_writing(True)
