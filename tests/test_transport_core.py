@@ -15,6 +15,7 @@ import fcntl
 import logging
 import socket
 import struct
+import sys
 import termios
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -482,7 +483,7 @@ def test_connection_lost_is_a_loop_callback(run: Callable[..., Any]) -> None:
 
 
 def test_write_after_abort_is_ignored_with_asyncio_warning(
-        run: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+        run: Callable[..., Any], impl: str, caplog: pytest.LogCaptureFixture) -> None:
     async def main(loop: Any) -> None:
         rec = Recorder()
         tr, peer, lsock = await _pair(loop, rec)
@@ -495,8 +496,10 @@ def test_write_after_abort_is_ignored_with_asyncio_warning(
         await rec.lost
         warnings = [r for r in caplog.records if r.message == "socket.send() raised exception."]
         assert len(warnings) == 4  # abort counts as the first lost write; warnings from the 5th
-        tr.writelines([b"late", b"r"])  # ignored too (3.12+ asyncio does not warn here)
-        assert tr.get_write_buffer_size() == 0
+        if impl != "asyncio" or sys.version_info < (3, 12):
+            # ignored too (3.12+ asyncio's writelines fails here: its transport has no loop)
+            tr.writelines([b"late", b"r"])
+            assert tr.get_write_buffer_size() == 0
         with pytest.raises(TypeError):
             tr.write("text")
         peer.close()
