@@ -29,7 +29,9 @@ def main() -> int:
 
     asyncio.set_event_loop_policy(Policy())
     asyncio.set_event_loop_policy = lambda policy: None  # type: ignore[assignment]
-    return peers.main(sys.argv[1:])
+    # --uvloop is ours: passed on, peers.main would run on a plain uvloop loop
+    # (its Runner takes uvloop.new_event_loop as the loop factory), not on netpoll's
+    return peers.main([a for a in sys.argv[1:] if a != "--uvloop"])
 
 
 if __name__ == "__main__":

@@ -25,21 +25,15 @@ HERE = Path(__file__).resolve()
 
 # test id (Class.method) -> why it cannot pass on netpoll transports
 _SSL_RACE = (
-    "racy by design: the test server answers and closes at once, and the test then reads "
-    "get_extra_info('sockname') through the SSL transport. asyncio sees the close one loop "
-    "iteration later than netpoll's poller (which reads data and FIN in one pass), so on "
-    "netpoll SSLProtocol has sometimes already dropped its transport and returns None"
-)
-_ACCEPTED_RACE = (
-    "racy by design, hangs about 1 run in 10 on netpoll: the test runs the loop until "
-    "connect_accepted_socket() returns, then run_forever() until connection_lost() calls "
-    "loop.stop(). netpoll's poller buffers the client's request before connection_made and "
-    "serves request, answer, client close and connection_lost within the iterations "
-    "run_until_complete() still runs, so that stop() is spent there and run_forever() never ends"
+    "racy by design: the test server (a thread) answers the request and closes at once, and "
+    "the test, after run_until_complete(create_connection(...)), reads "
+    "get_extra_info('sockname') through the SSL transport. netpoll's poller polls again "
+    "within one loop callback after a busy batch, so the answer, close_notify and FIN can be "
+    "read, and connection_lost scheduled, in the iterations run_until_complete() still runs; "
+    "then SSLProtocol has dropped its transport and returns None (asyncio needs one loop "
+    "iteration per step and is always later)"
 )
 EXCLUDED: dict[str, str] = {
-    "EPollEventLoopTests.test_connect_accepted_socket": _ACCEPTED_RACE,
-    "EPollEventLoopTests.test_ssl_connect_accepted_socket": _ACCEPTED_RACE,
     "EPollEventLoopTests.test_create_ssl_connection": _SSL_RACE,
     "EPollEventLoopTests.test_create_ssl_unix_connection": _SSL_RACE,
 }

@@ -11,6 +11,7 @@
 #   reactor/handler.pyx     the Task-like driver of async handlers
 #   reactor/connection.pyx  Connection: its state table, input/output paths, reader/writer
 #   reactor/tls.pyx         TLS between the socket and the LinkBuffers (SSLObject + MemoryBIO)
+#   reactor/transport.pyx   TransportCore: an asyncio protocol driven from the pass's queues
 #   reactor/server.pyx      EventLoop: accept, backoff, graceful shutdown
 #   reactor/dialer.pyx      non-blocking connect, new_fd_connection
 #
@@ -67,6 +68,7 @@ cdef class Poller
 cdef class Connection
 cdef class EventLoop
 cdef class TLSLayer
+cdef class TransportCore
 
 
 # -- config.pyx ---------------------------------------------------------------------
@@ -267,6 +269,11 @@ cdef class Connection:
     cdef bint uring_rstop                # its cancel is in flight (its CQEs still deliver)
     cdef bint uring_norecv               # reads with recv(2) itself (e.g. TLS): poll model;
                                          # set before Poller.add
+    cdef bint rstop               # a transport's reader is off (not yet started, paused,
+                                  # closing, EOF handed over): EPOLLIN off
+    cdef TransportCore proto      # set: an asyncio transport's connection (reactor/transport.pyx)
+    cdef readonly object close_error   # the OSError of the failed recv/send (e.g.
+                                       # ConnectionResetError), else None
 
     cdef object read_waiter
     cdef Py_ssize_t read_need
@@ -304,7 +311,17 @@ cdef class Connection:
     cdef int on_data(self) except -1
     cdef int mark_eof(self, object exc) except -1
     cdef int wake_reader(self) except -1
+    cdef unsigned int wanted(self) noexcept
+    # The epoll mask the connection's state asks for (0: out of the epoll set).
     cdef int update_events(self) except -1
+    cdef int set_reading(self, bint on) except -1
+    # A transport's reader on/off (rstop): EPOLLIN follows at once.
+    cdef int set_writing(self, bint on) except -1
+    # EPOLLOUT armed or not (the output waits for the socket).
+    cdef int drop_output(self) except -1
+    # Free unsent output (abort, a failed send).
+    cdef object note_error(self, int err)
+    # A recv/send failed with err: close_error is set (if not yet); returns it.
     cdef int on_writable(self) except -1
     cdef int send_out(self) except? -2
     # Write queued output: 0 all sent, 1 the socket is full, -errno on error.
@@ -380,6 +397,46 @@ cdef class TLSLayer:
     # Ciphertext bytes not yet sent (outgoing BIO + `pending`).
     cdef int feed(self, char* data, Py_ssize_t n) except -1
     # Ciphertext received -> the incoming BIO.
+
+
+# -- transport.pyx ------------------------------------------------------------------
+
+@cython.final
+cdef class TransportCore:
+    """The C half of an asyncio transport: a Connection driven by a protocol."""
+    cdef readonly Connection conn
+    cdef object protocol
+    cdef object transport        # the Python NetpollTransport (callbacks get it)
+    cdef object loop
+    cdef bint buffered           # protocol is an asyncio.BufferedProtocol
+    cdef bint reader_on          # asyncio's "reader registered": input goes to the protocol
+    cdef bint paused             # pause_reading() (is_reading() False)
+    cdef bint closing            # close() or a fatal error
+    cdef bint eof                # write_eof() called
+    cdef bint eof_seen           # the peer's EOF or read error was handed over
+    cdef bint write_failed       # conn.close_error came from a send
+    cdef readonly bint protocol_paused   # pause_writing() called, resume_writing() not yet
+    cdef readonly Py_ssize_t conn_lost  # asyncio's _conn_lost: connection_lost is scheduled
+    cdef Py_ssize_t high_water
+    cdef Py_ssize_t low_water
+    cdef object __weakref__
+
+    cdef int deliver(self) except -1
+    # After the pass (or from a loop callback): hand the protocol what is due.
+    cdef int deliver_buffered(self) except -1
+    cdef int on_writable(self) except -1
+    # EPOLLOUT, inside the walk: send, then queue what the protocol must hear.
+    cdef int queue(self) except -1
+    # Run deliver() after the pass (or soon, outside it).
+    cdef int fail_write(self, int err) except -1
+    cdef int send_now(self, object data) except -1
+    cdef int maybe_pause(self) except -1
+    cdef int maybe_resume(self) except -1
+    cdef int c_fatal_error(self, object exc, str message) except -1
+    cdef int force_close(self, object exc) except -1
+    cdef int lose(self, object exc) except -1
+    # Schedule transport._call_connection_lost(exc) (once).
+    cdef Py_ssize_t buffer_size(self) noexcept
 
 
 # -- server.pyx ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ every class, field and cdef signature is declared in _core.pxd):
     reactor/handler.pyx     the Task-like driver of async handlers
     reactor/connection.pyx  Connection: state table, input/output, reader/writer
     reactor/tls.pyx         TLS between the socket and the LinkBuffers
+    reactor/transport.pyx   TransportCore: asyncio protocols called from the pass's queues
     reactor/server.pyx      EventLoop: accept, backoff, graceful shutdown
     reactor/dialer.pyx      non-blocking connect, new_fd_connection
 """
@@ -29,6 +30,8 @@ every class, field and cdef signature is declared in _core.pxd):
 cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdlib cimport free, malloc as c_malloc
 from libc.string cimport memcpy, memset
 from posix.uio cimport iovec
@@ -48,6 +51,7 @@ import math
 import os
 import random
 import socket
+import sys
 
 from netpoll.errors import (
     ConcurrentAccessError,
@@ -84,6 +88,7 @@ cdef unsigned int READ_EVENTS = EPOLLIN | EPOLLRDHUP
 cdef unsigned int HUP_EVENTS = EPOLLHUP | EPOLLRDHUP | EPOLLERR
 
 cdef Py_ssize_t live_connections = 0
+cdef Py_ssize_t live_transports = 0
 
 logger = logging.getLogger("netpoll")
 
@@ -98,10 +103,16 @@ cdef object oserror(int err, str what):
     return OSError(err, f"{what}: {os.strerror(err)}")
 
 
+cdef object sockerror(int err):
+    # What the socket module raises for a failed recv/send (OSError picks the
+    # subclass: ConnectionResetError, BrokenPipeError, ...): conn.close_error.
+    return OSError(err, os.strerror(err))
+
+
 @cython.binding(True)
 def _debug_counts():
-    """Live connections (counted in the debug build only)."""
-    return {"connections": live_connections}
+    """Live connections and transport cores (counted in the debug build only)."""
+    return {"connections": live_connections, "transports": live_transports}
 
 
 include "reactor/config.pyx"
@@ -111,5 +122,6 @@ include "reactor/poller.pyx"
 include "reactor/handler.pyx"
 include "reactor/connection.pyx"
 include "reactor/tls.pyx"
+include "reactor/transport.pyx"
 include "reactor/server.pyx"
 include "reactor/dialer.pyx"

@@ -8,31 +8,32 @@ behaves as asyncio's socket transport.
 
 How a transport is built
 ------------------------
-A transport is a netpoll ``Connection`` with a protocol instead of a handler::
+A transport is a netpoll ``Connection`` with a protocol instead of a handler;
+the work is the core's (``TransportCore``, ``reactor/transport.pyx``)::
 
-    socket ──epoll (netpoll poller, C)──▶ conn.input ──plain on_request──▶ protocol.data_received
-    protocol ──transport.write──▶ socket.send() now ── EAGAIN: the rest ──▶ loop writer ──▶ send
+    socket ──recv (the poller's I/O pass, C)──▶ conn input ──after the pass──▶ protocol.data_received
+    protocol ──transport.write (C)──▶ send() now ── what the socket did not take ──▶ conn output ──EPOLLOUT──▶ send
 
-* Reading is the core's: a poller drains ``epoll_wait`` and ``recv`` in C for
-  every ready connection, then calls the transport's plain-function
-  ``on_request`` once per connection with new input; that call hands the bytes
-  to ``data_received`` (or copies them into ``get_buffer()`` memory for a
-  ``BufferedProtocol``). No asyncio reader callback and no loop iteration per
-  connection.
-* Writing is asyncio's own algorithm (send at once, buffer the rest, a loop
-  writer callback drains it, ``pause_writing``/``resume_writing`` at the water
-  marks). It is kept in Python until the core reports write errors and drain
-  levels to the transport (see "core hooks" in docs/asyncio.md): asyncio's
-  error semantics (``BrokenPipeError``/``ConnectionResetError`` into
-  ``connection_lost``) and exact water marks need the errno and the drain
-  events, which the core's ``flush_nowait`` does not report today.
-* The socket is shared: the transport's ``socket.socket`` and the core's
-  connection use one fd. The core owns it while the connection lives; when the
-  peer closes, the core closes its fd, so the transport takes a ``dup`` of it
-  first (in the close callback, which runs before the core's ``close``) and
-  keeps writing on it — that is how ``eof_received()`` returning True
-  (half-close, used by every ``StreamReaderProtocol``) and unsent output after
-  a peer EOF keep asyncio's meaning.
+* Reading: a poller drains ``epoll_wait`` and calls ``recv`` in C for every ready
+  connection, then, after the pass, calls ``data_received(bytes)`` once per
+  connection with everything that arrived (or ``get_buffer(-1)`` + copy +
+  ``buffer_updated(n)`` for a ``BufferedProtocol``) - no asyncio reader
+  callback, no Python trampoline, no loop iteration per connection. The reader
+  starts after ``connection_made`` (as asyncio's); ``pause_reading()`` takes
+  the socket out of the epoll set at once.
+* Writing: ``write()`` sends at once from the caller's memory; what the
+  socket does not take goes to the connection's output LinkBuffer (a large
+  ``bytes`` is linked, not copied) and the poller sends it on EPOLLOUT.
+  ``pause_writing``/``resume_writing`` at asyncio's water marks,
+  ``write_eof`` after the queued output, ``close()`` sends what is queued,
+  then ``connection_lost(None)``.
+* Peer EOF: the core stops reading and calls ``eof_received()``; the
+  connection stays open for writing until the transport closes. A failed
+  ``recv``/``send`` gives ``connection_lost`` its ``OSError``
+  (``conn.close_error``: ``ConnectionResetError``, ``BrokenPipeError``...).
+* Python here: the transport object itself (extra info, the ``Server``, the
+  socket object, ``connection_lost``). The methods called per request are the
+  core's bound methods set on the instance, so they cost no Python frame.
 
 Loops
 -----
@@ -51,7 +52,6 @@ module-level functions below work on any loop.
 from __future__ import annotations
 
 import asyncio
-import errno
 import inspect
 import os
 import socket
@@ -67,7 +67,7 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
-from netpoll._core import Connection, new_fd_connection
+from netpoll._core import TransportCore, new_transport_core
 
 __all__ = [
     "NetpollTransport",
@@ -98,39 +98,26 @@ _FlowControlMixin: Any = _transports._FlowControlMixin
 # _attach(transport) / _detach(transport); before, a bare count.
 _SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).parameters) > 1
 
-_TCP_CLOSE = 7  # include/net/tcp_states.h: the state a reset leaves a socket in
 _DEFAULT_LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
 
 
-def _peer_reset(sock: socket.socket) -> bool:
-    """True if a TCP socket that has not sent its FIN was reset.
-
-    The core reads the socket and does not report the errno of a failed
-    ``recv``; the TCP state tells a reset (CLOSE) from an orderly FIN
-    (CLOSE_WAIT). Only valid before this side sent its FIN: after both FINs
-    the socket is in TIME_WAIT, which also shows as CLOSE.
-    """
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return False
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
-    except OSError:
-        return False
-    return info[0] == _TCP_CLOSE
-
-
 class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[misc]
-    """An asyncio stream transport whose reads are done by netpoll's pollers.
+    """An asyncio stream transport whose I/O and protocol calls are netpoll's core.
 
     Behaves as asyncio's ``_SelectorSocketTransport`` (the same callbacks in
-    the same order, the same errors and log messages); see the module
-    docstring for how the work is split between the core and this class.
+    the same order, the same errors and log messages). The state and the work
+    live in a ``TransportCore`` (C, ``reactor/transport.pyx``); this class
+    keeps what asyncio's transport does in Python (extra info, the ``Server``,
+    the socket object, ``connection_lost``). The methods called per request
+    (``write``, ``writelines``, ``get_write_buffer_size``, ``is_closing``,
+    ``pause_reading``, ``resume_reading``) are the core's own bound methods,
+    set on the instance, so a call costs no Python frame.
     """
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     _sock: socket.socket | None = None  # read by __del__ even if __init__ failed
-    _conn: Connection | None = None
+    _core: TransportCore | None = None
 
     def __init__(
         self,
@@ -141,7 +128,8 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        super().__init__(extra, loop)  # type: ignore[call-arg]
+        # not _FlowControlMixin.__init__: the water marks are the core's
+        asyncio.Transport.__init__(self, extra)
         self._loop: asyncio.AbstractEventLoop = loop
         self._tsock = trsock.TransportSocket(sock)
         self._extra["socket"] = self._tsock
@@ -155,309 +143,152 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
             except OSError:
                 self._extra["peername"] = None
         self._sock_fd = sock.fileno()
-        self._protocol_connected = False
-        self._buffered = False
-        self.set_protocol(protocol)
+        self._protocol_connected = True
         self._server = server
-        self._buffer = bytearray()
-        self._conn_lost = 0  # set when the call to connection_lost is scheduled
-        self._closing = False  # close() called
-        self._paused = False  # pause_reading() called
-        self._eof = False  # write_eof() called
-        self._writing = False  # a loop writer callback is registered
-        self._reading = False  # connection_made ran: input may be delivered
-        self._local_close = False  # the core connection is being closed by us
-        self._peer_closed: Connection | None = None  # closed by the peer: its leftover input
-        self._peer_reset = False
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
             else:
                 server._attach()
-        base_events._set_nodelay(sock)
-        conn = new_fd_connection(self._sock_fd)
+        core = new_transport_core(self._sock_fd, self, protocol)
         self._sock = sock
-        self._conn = conn
-        conn.add_close_callback(self._on_conn_closed)
-        loop.call_soon(self._protocol.connection_made, self)
+        self._core = core
+        d = self.__dict__
+        for name in _CORE_METHODS:
+            d[name] = getattr(core, name)
+        loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
-        loop.call_soon(self._start_reading)
+        loop.call_soon(core.start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
+        core = self._core
         if self._sock is None:
             info.append("closed")
-        elif self._closing:
+        elif core is not None and core.is_closing():
             info.append("closing")
         info.append(f"fd={self._sock_fd}")
-        info.append("read=idle" if self._paused or self._conn is None else "read=polling")
-        state = "polling" if self._writing else "idle"
-        info.append(f"write=<{state}, bufsize={len(self._buffer)}>")
+        if core is not None and self._sock is not None:
+            info.append("read=polling" if core.is_reading() else "read=idle")
+            size = core.get_write_buffer_size()
+            info.append(f"write=<{'polling' if size else 'idle'}, bufsize={size}>")
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         sock = self._sock
         if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            if self._conn is not None:
-                sock.detach()  # the core owns the fd
-                self._conn.close()
-            else:
-                sock.close()
+            self._sock = None
+            sock.detach()  # the core's connection owns the fd
+            if self._core is not None:
+                self._core.finish()
 
     # -- protocol ------------------------------------------------------------------
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._protocol: Any = protocol
         self._protocol_connected = True
+        if self._core is not None:
+            self._core.set_protocol(protocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol  # type: ignore[no-any-return]
+        return self._core.get_protocol() if self._core is not None else None  # type: ignore[return-value]
+
+    @property
+    def _protocol(self) -> Any:
+        return self._core.get_protocol() if self._core is not None else None
+
+    # -- the core's methods (the instance attributes above replace these) ---------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._core.write(data)  # type: ignore[union-attr]
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._core.writelines(list_of_data)  # type: ignore[union-attr]
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()  # type: ignore[union-attr]
 
     def is_closing(self) -> bool:
-        return self._closing
-
-    def is_reading(self) -> bool:
-        return not self._closing and not self._paused
-
-    # -- reading ---------------------------------------------------------------------
-
-    def _start_reading(self) -> None:
-        self._reading = True
-        if self._closing or self._paused:
-            return
-        conn = self._conn
-        if conn is not None:
-            conn.set_on_request(self._on_request)  # buffered input runs it at once
-        elif self._peer_closed is not None:
-            self._finish_peer_close()
+        return self._core.is_closing()  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
-        if not self.is_reading():
-            return
-        self._paused = True
-        if self._conn is not None:
-            # the poller stops reading the socket once one read is buffered
-            self._conn.set_read_buffer_limit(1)
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
+        self._core.pause_reading()  # type: ignore[union-attr]
 
     def resume_reading(self) -> None:
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
-        if not self._reading:
-            return  # _start_reading is still to come
-        conn = self._conn
-        if conn is not None:
-            conn.set_read_buffer_limit(None)
-            conn.set_on_request(self._on_request)  # delivers input buffered while paused
-        elif self._peer_closed is not None:
-            self._loop.call_soon(self._finish_peer_close)
+        self._core.resume_reading()  # type: ignore[union-attr]
 
-    def _on_request(self, ctx: Any, conn: Connection) -> None:
-        # A plain-function handler: the poller calls it after its I/O pass when
-        # new input is buffered; input not consumed here stays buffered.
-        if self._paused or self._closing:
-            return
-        if self._buffered:
-            self._deliver_buffered(conn.input)
-            return
-        buf = conn.input
-        data = buf.read_binary(len(buf))
-        try:
-            self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
-
-    def _deliver(self, buf: Any) -> None:
-        n = len(buf)
-        if not n:
-            return
-        data = buf.read_binary(n)
-        try:
-            self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
-
-    def _deliver_buffered(self, buf: Any) -> None:
-        n = len(buf)
-        while n and not self._paused and not self._closing:
-            try:
-                dst = self._protocol.get_buffer(-1)
-                if not len(dst):
-                    raise RuntimeError("get_buffer() returned an empty buffer")
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
-                return
-            try:
-                with memoryview(dst) as view, view.cast("B") as flat:
-                    m = min(len(flat), n)
-                    flat[:m] = buf.next(m)
-            except (TypeError, ValueError) as exc:  # e.g. a read-only buffer, as recv_into says
-                self._fatal_error(exc, "Fatal read error on socket transport")
-                return
-            n -= m
-            try:
-                self._protocol.buffer_updated(m)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
-                return
-
-    # -- the core connection closes --------------------------------------------------
-
-    def _on_conn_closed(self, conn: Connection) -> None:
-        """The core's close callback: runs before the core closes its fd."""
-        self._conn = None
-        sock = self._sock
-        if self._local_close or sock is None:
-            return
-        if self._conn_lost:
-            # connection_lost is already scheduled; the socket goes with the core's fd
-            self._release_sock()
-            return
-        # The peer closed (EOF or reset). Keep the socket: the core closes its fd
-        # after this callback, the transport may still have to write.
-        self._peer_reset = not self._eof and _peer_reset(sock)
-        self._adopt_sock()
-        self._peer_closed = conn
-        if self._reading and not self._paused:
-            self._finish_peer_close()
-
-    def _adopt_sock(self) -> None:
-        """Replace the shared fd by a dup owned by the transport alone."""
-        old = self._sock
-        assert old is not None
-        fd = os.dup(old.fileno())
-        new = socket.socket(old.family, old.type, old.proto, fileno=fd)
-        old.detach()
-        self._tsock._sock = new
-        if self._writing:
-            self._remove_writer()
-            self._sock = new
-            self._sock_fd = fd
-            self._add_writer()
-        else:
-            self._sock = new
-            self._sock_fd = fd
-
-    def _release_sock(self) -> None:
-        """The core closes the fd: the socket object lets go of it."""
-        if self._writing:
-            self._remove_writer()
-        if self._sock is not None:
-            self._sock.detach()
-
-    def _finish_peer_close(self) -> None:
-        conn = self._peer_closed
-        if conn is None or self._conn_lost or self._paused:
-            return
-        if not self._closing and not self._peer_reset:
-            # input that arrived before the FIN (buffered while paused, or in the same read)
-            if self._buffered:
-                self._deliver_buffered(conn.input)
-            else:
-                self._deliver(conn.input)
-            if self._paused or self._conn_lost:
-                return
-        self._peer_closed = None
-        if self._closing:
-            return
-        if self._peer_reset:
-            exc = ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
-            self._fatal_error(exc, "Fatal read error on socket transport")
-            return
-        if self._loop.get_debug():
-            logger.debug("%r received EOF", self)
-        try:
-            keep_open = self._protocol.eof_received()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
-            return
-        if not keep_open:
-            self.close()
-
-    # -- closing ---------------------------------------------------------------------
-
-    def abort(self) -> None:
-        self._force_close(None)
+    def is_reading(self) -> bool:
+        return self._core.is_reading()  # type: ignore[union-attr]
 
     def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        if self._conn is not None:
-            self._conn.set_read_buffer_limit(1)  # as asyncio: stop reading
-        if not self._buffer:
-            self._conn_lost += 1
-            if self._writing:
-                self._remove_writer()
-            self._loop.call_soon(self._call_connection_lost, None)
+        self._core.close()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self._core.abort()  # type: ignore[union-attr]
+
+    def write_eof(self) -> None:
+        self._core.write_eof()  # type: ignore[union-attr]
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    # -- flow control: asyncio's _FlowControlMixin surface, on the core's state -------
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()  # type: ignore[union-attr]
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)  # type: ignore[union-attr]
+
+    def _set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)  # type: ignore[union-attr]
+
+    def _maybe_pause_protocol(self) -> None:
+        pass  # the core pauses the protocol itself (write, set_write_buffer_limits)
+
+    def _maybe_resume_protocol(self) -> None:
+        pass  # the core resumes it when its output drains
+
+    @property
+    def _protocol_paused(self) -> bool:  # read by asyncio's sendfile fallback
+        return bool(self._core.protocol_paused) if self._core is not None else False
+
+    @property
+    def _high_water(self) -> int:
+        return self.get_write_buffer_limits()[1]
+
+    @property
+    def _low_water(self) -> int:
+        return self.get_write_buffer_limits()[0]
+
+    @property
+    def _conn_lost(self) -> int:
+        return self._core.conn_lost if self._core is not None else 1
+
+    # -- errors and the end --------------------------------------------------------
 
     def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._force_close(exc)
+        self._core.fatal_error(exc, message)  # type: ignore[union-attr]
 
-    def _force_close(self, exc: BaseException | None) -> None:
-        if self._conn_lost:
-            return
-        if self._buffer:
-            self._buffer.clear()
-            if self._writing:
-                self._remove_writer()
-        if not self._closing:
-            self._closing = True
-            if self._conn is not None:
-                self._conn.set_read_buffer_limit(1)
-        self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
+    def _force_close(self, exc: BaseException | None) -> None:  # asyncio's SSLProtocol calls it
+        self._core.force_close_with(exc)  # type: ignore[union-attr]
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
+        # scheduled by the core (close, abort, a fatal error) or called from its
+        # queue once a close() has sent the output; runs once
+        core = self._core
+        assert core is not None
         try:
             if self._protocol_connected:
-                self._protocol.connection_lost(exc)
+                core.get_protocol().connection_lost(exc)
         finally:
-            if self._writing:
-                self._remove_writer()
-            conn = self._conn
             sock = self._sock
-            if conn is not None:
-                self._local_close = True
-                self._conn = None
-                if sock is not None:
-                    sock.detach()  # the core closes the fd
-                conn.close()
-            elif sock is not None:
-                sock.close()
             self._sock = None
-            self._peer_closed = None
-            self._protocol = None
+            if sock is not None:
+                sock.detach()  # the core closes the fd
+            core.finish()
             server = self._server
             if server is not None:
                 if _SERVER_TRACKS_TRANSPORTS:
@@ -466,86 +297,10 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
                     server._detach()
                 self._server = None
 
-    # -- writing (asyncio's algorithm) ---------------------------------------------
 
-    def _add_writer(self) -> None:
-        self._writing = True
-        self._loop.add_writer(self._sock_fd, self._write_ready)
-
-    def _remove_writer(self) -> None:
-        self._writing = False
-        self._loop.remove_writer(self._sock_fd)
-
-    def get_write_buffer_size(self) -> int:
-        return len(self._buffer)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
-            )
-        if self._eof:
-            raise RuntimeError("Cannot call write() after write_eof()")
-        if not data:
-            return
-        if self._conn_lost:
-            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning("socket.send() raised exception.")
-            self._conn_lost += 1
-            return
-        if not self._buffer:
-            sock = self._sock
-            assert sock is not None
-            try:
-                n = sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                pass
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on socket transport")
-                return
-            else:
-                if n == len(data):
-                    return
-                data = memoryview(data)[n:]
-            self._add_writer()
-        self._buffer.extend(data)
-        self._maybe_pause_protocol()
-
-    def _write_ready(self) -> None:
-        if self._conn_lost or not self._buffer or self._sock is None:
-            return
-        try:
-            n = self._sock.send(self._buffer)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._remove_writer()
-            self._buffer.clear()
-            self._fatal_error(exc, "Fatal write error on socket transport")
-        else:
-            if n:
-                del self._buffer[:n]
-            self._maybe_resume_protocol()  # may append to the buffer
-            if not self._buffer:
-                self._remove_writer()
-                if self._closing:
-                    self._call_connection_lost(None)
-                elif self._eof:
-                    self._sock.shutdown(socket.SHUT_WR)
-
-    def write_eof(self) -> None:
-        if self._closing or self._eof:
-            return
-        self._eof = True
-        if not self._buffer and self._sock is not None:
-            self._sock.shutdown(socket.SHUT_WR)
-
-    def can_write_eof(self) -> bool:
-        return True
+# the methods called per request: the core's bound methods on the instance
+_CORE_METHODS = ("write", "writelines", "get_write_buffer_size", "is_closing",
+                 "pause_reading", "resume_reading")
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
@@ -648,7 +403,7 @@ class _BorrowedMixin(_RouteMixin):
             except FileNotFoundError:
                 pass
             except OSError as err:
-                asyncio.log.logger.error(
+                logger.error(
                     "Unable to clean up listening UNIX socket %r: %r", path, err)
 
     @property

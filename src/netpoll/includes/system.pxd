@@ -75,6 +75,7 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_INET
         AF_INET6
         SHUT_RDWR
+        SHUT_WR
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     ssize_t send(int fd, const void* buf, size_t n, int flags)
     ssize_t sendmsg(int fd, const msghdr* msg, int flags)

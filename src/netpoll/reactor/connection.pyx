@@ -13,6 +13,12 @@
 #   draining       False -> True                       begin_drain() (server shutdown)
 #   processing     False <-> True                      start_handler() / handler_done()
 #   finished       False -> True                       finish_close() / abandon()
+#   close_error    None -> OSError                     mark_eof(), note_error() (the failed
+#                                                      recv/send; the first one stays)
+#
+# A transport's connection (proto set, reactor/transport.pyx) never closes by
+# itself: a peer EOF or a socket error is queued for its TransportCore, which
+# tells the protocol and closes through close() as asyncio's transport does.
 #
 # Closing. close_by(who) does the I/O half at once: out of epoll, timers
 # cancelled, waiting reads and flushes woken with the error that fits, and -
@@ -108,7 +114,7 @@ cdef class Connection:
         if self.closed_by:
             return 0
         if ev & (EPOLLIN | HUP_EVENTS) and not self.peer_eof and not self.paused \
-                and not self.wpaused and not self.draining:
+                and not self.wpaused and not self.draining and not self.rstop:
             self.do_read(ev)
         elif ev & (EPOLLHUP | EPOLLERR) and not self.writing:
             self.mark_eof(None)
@@ -154,7 +160,7 @@ cdef class Connection:
             if err == EINTR:
                 continue
             if err != EAGAIN:
-                self.mark_eof(oserror(err, "recv"))
+                self.mark_eof(sockerror(err))
             elif ev & (EPOLLHUP | EPOLLERR):
                 self.mark_eof(None)
             break
@@ -167,6 +173,8 @@ cdef class Connection:
 
     cdef int on_data(self) except -1:
         cdef Py_ssize_t length = self.inbuf.length
+        if self.proto is not None:
+            return self.proto.queue()      # data_received after the pass
         if self.read_limit and not self.paused and length >= self.read_limit \
                 and length >= self.read_need:
             self.paused = True
@@ -188,8 +196,12 @@ cdef class Connection:
         if self.peer_eof:
             return 0
         self.peer_eof = True
+        if exc is not None and self.close_error is None:
+            self.close_error = exc
         if self.registered:
             self.update_events()
+        if self.proto is not None:
+            return self.proto.queue()      # eof_received / the error, after the pass
         self.wake_reader()
         self.poller.hups.append(self)
         return 0
@@ -206,23 +218,56 @@ cdef class Connection:
 
     cdef int on_peer_closed(self) except -1:
         # After this batch's handlers ran: close now unless one still runs.
+        if self.proto is not None:
+            return self.proto.deliver()    # a transport closes as its protocol says
         if self.closed_by or self.processing:
             return 0
         self.close_by(BY_PEER)
         return 0
 
-    cdef int update_events(self) except -1:
+    cdef unsigned int wanted(self) noexcept:
         cdef unsigned int want = 0
-        if not self.peer_eof and not self.paused and not self.wpaused and not self.draining:
+        if not self.peer_eof and not self.paused and not self.wpaused and not self.draining \
+                and not self.rstop:
             want = READ_EVENTS
         if self.writing:
             want |= EPOLLOUT
+        return want
+
+    cdef int update_events(self) except -1:
+        cdef unsigned int want = self.wanted()
         if want != self.events and self.registered and self.closed_by == OPEN:
             self.poller.modify(self, want)
         return 0
 
+    cdef int set_reading(self, bint on) except -1:
+        if self.rstop == (not on):
+            return 0
+        self.rstop = not on
+        return self.update_events()
+
+    cdef int set_writing(self, bint on) except -1:
+        if self.writing == on:
+            return 0
+        self.writing = on
+        return self.update_events()
+
+    cdef object note_error(self, int err):
+        if self.close_error is None:
+            self.close_error = sockerror(err)
+        return self.close_error
+
+    cdef int drop_output(self) except -1:
+        if self.outbuf.length:
+            self.outbuf.consume(self.outbuf.length)
+        self.outbuf.release_all()
+        return 0
+
     cdef int on_writable(self) except -1:
-        cdef int r = self.send_out()
+        cdef int r
+        if self.proto is not None:
+            return self.proto.on_writable()
+        r = self.send_out()
         if self.wpaused and self.outbuf.length + self.outbuf.pending <= self.write_limit // 2:
             self.wpaused = False
             if r == 1:
@@ -237,7 +282,7 @@ cdef class Connection:
         w = self.flush_waiter
         self.flush_waiter = None
         if r < 0:
-            err = oserror(-r, "flush")
+            err = sockerror(-r)
             if w is not None and not w.done():
                 w.set_exception(ConnectionClosedError(f"flush: {os.strerror(-r)} (errno {-r})"))
             self.mark_eof(err)
@@ -320,6 +365,8 @@ cdef class Connection:
     # -- handlers ---------------------------------------------------------------------
 
     cdef int start_handler(self) except -1:
+        if self.proto is not None:
+            return self.proto.deliver()    # a transport: the protocol, no handler
         if self.processing or self.closed_by or self.finished:
             return 0
         if self.on_request is None and (self.on_connect is None or self.connect_state):
@@ -512,6 +559,7 @@ cdef class Connection:
                 close(self.fd)
         if self.server is not None:
             self.server.conns.discard(self)
+        self.proto = None
         if self.handler is not None:
             self.handler.release()
             self.handler = None
@@ -534,6 +582,7 @@ cdef class Connection:
                                     exc_info=exc)
         if self.server is not None:
             self.server.forget(self)
+        self.proto = None                # the TransportCore keeps the connection, not back
         self.cancel_timers()
         self.poller.forget(self)
         if not self.detached and self.fd >= 0:
@@ -1051,7 +1100,7 @@ cdef class Connection:
         if r == 0:
             return NpReady_New(None)
         if r < 0:
-            err = oserror(-r, "flush")
+            err = sockerror(-r)
             self.mark_eof(err)
             self.poller.kick()
             exc = ConnectionClosedError(f"flush: {os.strerror(-r)} (errno {-r})")
@@ -1121,7 +1170,7 @@ cdef class Connection:
         if r == 0:
             return None
         if r < 0:
-            err = oserror(-r, "flush")
+            err = sockerror(-r)
             self.mark_eof(err)
             if not self.poller.in_batch:
                 self.poller.kick()

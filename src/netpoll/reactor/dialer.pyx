@@ -152,7 +152,7 @@ def new_fd_connection(fd):
     return _wrap_fd(fd, False)
 
 
-cdef Connection _wrap_fd(object fd, bint raw_reads):
+cdef Connection _wrap_fd(object fd, bint raw_reads, bint reading=True):
     cdef int flags, stype = 0
     cdef socklen_t sl = sizeof(stype)
     cdef Connection c
@@ -180,6 +180,7 @@ cdef Connection _wrap_fd(object fd, bint raw_reads):
         raise oserror(errno, "fcntl(O_NONBLOCK)")
     c = make_connection(fd, loop, _fd_network(fd), None)
     c.uring_norecv = raw_reads
+    c.rstop = not reading          # a transport reads once its protocol is connected
     try:
         c.poller.add(c)
     except BaseException:

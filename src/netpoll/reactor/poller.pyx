@@ -125,19 +125,23 @@ cdef class Poller:
         return 0
 
     cdef int add(self, Connection c) except -1:
+        # Registered for the connection's whole life; in the epoll set while it
+        # wants events (a transport's reader starts off: none yet).
         cdef epoll_event ev
+        cdef unsigned int want = c.wanted()
         if self.uring:
-            c.events = READ_EVENTS
+            c.events = want
             uring_arm(self, c)
             c.registered = True
             self.conns.add(c)
             return 0
-        memset(&ev, 0, sizeof(ev))
-        ev.events = READ_EVENTS
-        ev.data.ptr = <void*>c
-        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, c.fd, &ev) < 0:
-            raise oserror(errno, "epoll_ctl(ADD)")
-        c.events = READ_EVENTS
+        if want:
+            memset(&ev, 0, sizeof(ev))
+            ev.events = want
+            ev.data.ptr = <void*>c
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, c.fd, &ev) < 0:
+                raise oserror(errno, "epoll_ctl(ADD)")
+        c.events = want
         c.registered = True
         self.conns.add(c)
         if NETPOLL_DEBUG:

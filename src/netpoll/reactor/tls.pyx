@@ -305,7 +305,7 @@ cdef int tls_send(Connection c, TLSLayer t) except -1:
             tls_handshake_failed(c, t, oserror(-r, "ssl handshake: send"))
         else:
             t.truncated = True
-            c.mark_eof(oserror(-r, "send"))
+            c.mark_eof(sockerror(-r))
     return 0
 
 
@@ -380,7 +380,7 @@ cdef int tls_do_read(Connection c, unsigned int ev, bint drain) except -1:
             continue
         if err != EAGAIN:
             t.eof = True
-            sockerr = oserror(err, "recv")
+            sockerr = sockerror(err)
         elif ev & (EPOLLHUP | EPOLLERR):
             t.eof = True
         break

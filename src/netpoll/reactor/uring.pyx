@@ -329,7 +329,7 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
         elif res == 0:
             c.mark_eof(None)
         elif res < 0 and res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
-            c.mark_eof(oserror(-res, "recv"))
+            c.mark_eof(sockerror(-res))
         # -ENOBUFS: the ring ran dry; buffers are back by now, uring_sync re-arms
         return 0
     if res < 0:
