@@ -161,6 +161,9 @@ cdef class Poller:
     cdef list closes            # closes begun during the pass; their user code runs after it
     cdef TimerHeap timers
     cdef bint in_batch          # inside the epoll walk: no user code may run
+    cdef bint task_slot         # in run_pending (3.11): handler steps may leave
+                                # _current_tasks[loop] = None; cleared when it ends
+    cdef object slot_task       # while task_slot: what the steps last put there
     cdef bint kicked
     cdef bint retired           # poller_num shrank: no new connections; closes when empty
     cdef int spin
@@ -205,6 +208,7 @@ cdef class Handler:
     cdef Py_ssize_t consumed_mark
     cdef Py_ssize_t rx_mark
     cdef object wakeup            # bound method, made once
+    cdef Py_hash_t loop_hash      # hash(loop), for the 3.11 current-task slot
     cdef object __weakref__
 
     cdef int run(self) except -1
@@ -214,7 +218,7 @@ cdef class Handler:
     cdef int set_coro(self, object res) except -1
     cdef int step(self, object exc) except -1
     # One step of the coroutine: 1 suspended, 0 finished.
-    cdef void restore_task(self, object prev) noexcept
+    cdef void restore_task(self, object prev, Poller slot) noexcept
     cdef int on_yield(self, object result) except -1
     cdef int on_error(self, object exc) except -1
     cdef int finish(self) except -1

@@ -245,6 +245,18 @@ cdef class Poller:
         cdef list ready, hups, closes
         if self.in_batch:
             return 0          # never user code inside the walk; the pass runs them after
+        if not self.task_slot and _current_tasks is not None:
+            # 3.11: handler steps in here replace asyncio's current-task entry
+            # instead of inserting and deleting it (reactor/handler.pyx)
+            self.task_slot = True
+            self.slot_task = _task_slot_value(self.loop)
+            try:
+                self.run_pending()
+            finally:
+                self.task_slot = False
+                self.slot_task = None
+                _clear_task_slot(self.loop)
+            return 0
         while self.ready or self.hups or self.closes:
             closes = self.closes
             if closes:
