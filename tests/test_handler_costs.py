@@ -150,3 +150,45 @@ def test_plain_handler_after_async_steps_in_one_pass(run: Any) -> None:
         await asyncio.wait_for(task, 2)
 
     run(main())
+
+
+def test_buffered_read_awaitables_are_reused_only_when_free(run: Any) -> None:
+    """Buffered reads hand out one recycled awaitable; one still held is never reused."""
+
+    async def main() -> None:
+        out: list[Any] = []
+
+        async def on_request(ctx: Any, conn: Connection) -> None:
+            if len(conn) < 8:
+                return
+            a = conn.peek(1)
+            b = conn.peek(2)                      # a is still held: b is another object
+            out.append(a is not b)
+            out.append(bytes(await b))
+            out.append(bytes(await a))
+            try:
+                await a
+            except RuntimeError:
+                out.append("awaited once")
+            conn.peek(3)                          # made and dropped, never awaited
+            out.append(bytes(await conn.next(4)))
+            out.append(bytes(await conn.read_binary(4)))
+            conn.write_binary(b"done")
+            await conn.flush()
+
+        ln = netpoll.create_listener("tcp", "127.0.0.1:0")
+        el = netpoll.EventLoop(on_request)
+        task = asyncio.ensure_future(el.serve(ln))
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        s = socket.create_connection(ln.addr)
+        try:
+            s.sendall(b"abcdefgh")
+            assert await loop.run_in_executor(None, _recv_exactly, s, 4) == b"done"
+        finally:
+            s.close()
+        assert out == [True, b"ab", b"a", "awaited once", b"abcd", b"efgh"]
+        await el.shutdown(2)
+        await asyncio.wait_for(task, 2)
+
+    run(main())
