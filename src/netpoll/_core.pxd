@@ -63,6 +63,11 @@ cdef enum Op:
     OP_READ = 9
 
 
+cdef extern from "<stdbool.h>":
+    # a one-byte C bool with bint's semantics (Connection's flags)
+    ctypedef bint flag "bool"
+
+
 cdef class Poller
 cdef class Connection
 cdef class EventLoop
@@ -233,10 +238,38 @@ cdef class Handler:
 @cython.final
 cdef class Connection:
     cdef readonly int fd
+    # the state table (connection.pyx): written by Connection methods only.
+    # The small fields are packed together (flags are one-byte C bools): an idle
+    # connection is mostly this object (benchmarks/idle.py)
+    cdef int closed_by            # CloseBy
+    cdef int connect_state        # ConnectState
+    cdef unsigned int events
+    cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
+    cdef int book_size            # input booking sizes; <= BOOK_MAX (config.buffer_size is too)
+    cdef int max_size
+    cdef flag processing          # a handler chain is in progress
+    cdef flag peer_eof            # the peer finished sending
+    cdef flag draining            # server shutdown: no new input is taken in
+    cdef flag close_when_done     # server shutdown: close once output drained and idle
+    cdef flag finished            # close callbacks ran; fd closed (or handed back)
+    cdef flag detached
+    # poller bookkeeping
+    cdef flag registered
+    cdef flag writing             # EPOLLOUT armed
+    cdef flag paused              # read backpressure: EPOLLIN off
+    cdef flag wpaused             # write backpressure: EPOLLIN off while output is above the limit
+    cdef flag queued              # on the poller's ready list
+    cdef flag close_queued        # on the poller's closes list
+    cdef flag uring_rstop                # its cancel is in flight (its CQEs still deliver)
+    cdef flag uring_norecv               # reads with recv(2) itself (e.g. TLS): poll model;
+                                         # set before Poller.add
+    cdef flag has_rdeadline       # absolute deadlines replace the timeouts while set
+    cdef flag has_wdeadline
+
     cdef Poller poller
     cdef object loop
-    cdef LinkBuffer inbuf
-    cdef LinkBuffer outbuf
+    cdef LinkBuffer inbuf         # _NO_INPUT until the first input (reactor/connection.pyx)
+    cdef LinkBuffer outbuf        # _NO_OUTPUT until the first write
     cdef Handler handler          # made on the first handler start (idle connections have none)
     cdef object context
     cdef public object ctx
@@ -248,29 +281,8 @@ cdef class Connection:
     cdef EventLoop server
     cdef str network
 
-    # the state table (connection.pyx): written by Connection methods only
-    cdef int closed_by            # CloseBy
-    cdef int connect_state        # ConnectState
-    cdef bint processing          # a handler chain is in progress
-    cdef bint peer_eof            # the peer finished sending
-    cdef bint draining            # server shutdown: no new input is taken in
-    cdef bint close_when_done     # server shutdown: close once output drained and idle
-    cdef bint finished            # close callbacks ran; fd closed (or handed back)
-    cdef bint detached
-    # poller bookkeeping
-    cdef bint registered
-    cdef bint writing             # EPOLLOUT armed
-    cdef bint paused              # read backpressure: EPOLLIN off
-    cdef bint wpaused             # write backpressure: EPOLLIN off while output is above the limit
-    cdef bint queued              # on the poller's ready list
-    cdef bint close_queued        # on the poller's closes list
-    cdef unsigned int events
     cdef unsigned long long uring_id     # io_uring backend: the armed poll's user_data
-    cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
     cdef unsigned long long uring_rid    # io_uring backend: the recv in flight's user_data
-    cdef bint uring_rstop                # its cancel is in flight (its CQEs still deliver)
-    cdef bint uring_norecv               # reads with recv(2) itself (e.g. TLS): poll model;
-                                         # set before Poller.add
 
     cdef object read_waiter
     cdef Py_ssize_t read_need
@@ -283,16 +295,12 @@ cdef class Connection:
     cdef double write_timeout
     cdef double idle_timeout
     cdef double last_active
-    cdef bint has_rdeadline       # absolute deadlines replace the timeouts while set
-    cdef bint has_wdeadline
     cdef double rdeadline
     cdef double wdeadline
     cdef double read_wait_start
     cdef double write_wait_start
     cdef Py_ssize_t read_limit
     cdef Py_ssize_t write_limit
-    cdef Py_ssize_t book_size
-    cdef Py_ssize_t max_size
     cdef Py_ssize_t rx_total      # bytes received
 
     cdef object _local_addr
@@ -301,6 +309,8 @@ cdef class Connection:
     cdef object __weakref__
 
     cdef int setup(self, int fd, object loop, str network, EventLoop server) except -1
+    cdef int own_in(self) except -1
+    cdef int own_out(self) except -1
     # Open a fresh Connection on fd (not yet registered with a poller).
     # poller side (inside the pass: I/O and queueing only)
     cdef int on_event(self, unsigned int ev) except -1
