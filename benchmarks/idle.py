@@ -81,6 +81,8 @@ def measure(argv: list[str], n: int) -> float:
         except subprocess.TimeoutExpired:
             srv.kill()
             srv.wait()
+        if srv.stdout is not None:
+            srv.stdout.close()
 
 
 def main() -> int:
