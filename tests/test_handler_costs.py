@@ -12,6 +12,7 @@ and nothing is left behind for asyncio's own Tasks to trip over.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -188,6 +189,66 @@ def test_buffered_read_awaitables_are_reused_only_when_free(run: Any) -> None:
         finally:
             s.close()
         assert out == [True, b"ab", b"a", "awaited once", b"abcd", b"efgh"]
+        await el.shutdown(2)
+        await asyncio.wait_for(task, 2)
+
+    run(main())
+
+
+def test_no_task_in_user_code_between_steps(run: Any) -> None:
+    """Between the async steps of one pass, other user code sees no current task:
+    a plain on_connect, an on_request that is a callable object, the error log."""
+
+    async def main() -> None:
+        seen: dict[str, list[Any]] = {"connect": [], "call": [], "log": [], "method": []}
+
+        class Record(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen["log"].append(asyncio.current_task())
+
+        class Server:
+            async def handle(self, ctx: Any, conn: Connection) -> None:
+                seen["method"].append(asyncio.current_task())
+                data = bytes(await conn.next(len(conn)))
+                if data == b"boom":
+                    raise RuntimeError("boom")
+                conn.write_binary(data)
+                await conn.flush()
+
+        srv = Server()
+
+        class Call:
+            def __call__(self, ctx: Any, conn: Connection) -> Any:
+                seen["call"].append(asyncio.current_task())
+                return srv.handle(ctx, conn)             # a coroutine of a bound method
+
+        def on_connect(ctx: Any, conn: Connection) -> None:
+            seen["connect"].append(asyncio.current_task())
+
+        log = logging.getLogger("netpoll")
+        rec = Record(level=logging.ERROR)
+        log.addHandler(rec)
+        ln = netpoll.create_listener("tcp", "127.0.0.1:0")
+        el = netpoll.EventLoop(Call(), on_connect=on_connect)
+        task = asyncio.ensure_future(el.serve(ln))
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        socks = [socket.create_connection(ln.addr) for _ in range(N)]
+        try:
+            await asyncio.sleep(0.05)
+            for i, s in enumerate(socks):
+                s.sendall(b"boom" if i % 3 == 0 else b"abcd")
+            for i, s in enumerate(socks):
+                got = await loop.run_in_executor(None, _recv_exactly, s, 4)
+                assert got == (b"" if i % 3 == 0 else b"abcd")
+        finally:
+            log.removeHandler(rec)
+            for s in socks:
+                s.close()
+        assert len(seen["connect"]) == N and all(t is None for t in seen["connect"])
+        assert len(seen["call"]) == N and all(t is None for t in seen["call"])
+        assert len(seen["log"]) == N // 3 and all(t is None for t in seen["log"])
+        assert len(seen["method"]) == N and all(t is not None for t in seen["method"])
         await el.shutdown(2)
         await asyncio.wait_for(task, 2)
 

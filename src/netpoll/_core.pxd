@@ -168,7 +168,9 @@ cdef class Poller:
     cdef bint in_batch          # inside the epoll walk: no user code may run
     cdef bint task_slot         # in run_pending (3.11): handler steps may leave
                                 # _current_tasks[loop] = None; cleared when it ends
-    cdef object slot_task       # while task_slot: what the steps last put there
+    cdef object slot_task       # while task_slot: the entry's value as the steps left it
+    cdef object slot_base       # ... and as run_pending found it (None: no entry)
+    cdef int slot_depth         # steps of this poller's handlers in progress
     cdef bint kicked
     cdef bint retired           # poller_num shrank: no new connections; closes when empty
     cdef int spin

@@ -78,6 +78,10 @@ cdef extern from "Python.h":
     # borrowed; NULL when absent (the keys here are loops: no comparison can raise)
     PyObject* _PyDict_GetItem_KnownHash(object d, object k, Py_hash_t h)
     int _PyDict_SetItem_KnownHash(object d, object k, object v, Py_hash_t h) except -1
+    ctypedef struct PyCodeObject:
+        int co_flags
+    bint PyFunction_Check(object o)
+    PyObject* PyFunction_GET_CODE(object f)     # borrowed
 
 
 NpReady_Init()

@@ -364,6 +364,7 @@ cdef class Connection:
         cdef Py_ssize_t gen, rx
         cdef Handler h
         self.processing = True
+        _task_slot_clear(self.poller)        # user code: no task is current
         while (self.closed_by != BY_USER and self.on_request is not None
                and self.inbuf.length and not self.detached):
             gen = self.inbuf.gen
@@ -432,6 +433,7 @@ cdef class Connection:
         self.connect_state = CS_DISCONNECTED
         if cb is None:
             return 0
+        _task_slot_clear(self.poller)
         try:
             res = cb(self.ctx, self)
             if res is not None and hasattr(res, "__await__"):
@@ -550,6 +552,8 @@ cdef class Connection:
         self.finished = True
         cbs = self.close_callbacks
         self.close_callbacks = None
+        if cbs:
+            _task_slot_clear(self.poller)
         for cb in reversed(cbs or ()):
             try:
                 cb(self)

@@ -249,13 +249,12 @@ cdef class Poller:
             # 3.11: handler steps in here replace asyncio's current-task entry
             # instead of inserting and deleting it (reactor/handler.pyx)
             self.task_slot = True
-            self.slot_task = _task_slot_value(self.loop)
+            self.slot_task = self.slot_base = _task_slot_value(self.loop)
+            self.slot_depth = 0
             try:
                 self.run_pending()
             finally:
-                self.task_slot = False
-                self.slot_task = None
-                _clear_task_slot(self.loop)
+                _end_task_slot(self)
             return 0
         while self.ready or self.hups or self.closes:
             closes = self.closes
