@@ -13,7 +13,7 @@ mkdir -p "$work"
 git -C "$root" ls-files -z --cached --others --exclude-standard \
   | (cd "$root" && xargs -0 cp --parents -t "$work")
 python3 -m venv "$work/.venv"
-"$work/.venv/bin/pip" install -q "Cython>=3.0" setuptools wheel pytest pytest-timeout hypothesis uvloop
+"$work/.venv/bin/pip" install -q "Cython>=3.0" setuptools wheel pytest pytest-timeout hypothesis uvloop typing_extensions
 (cd "$work" && NETPOLL_SANITIZE=1 NETPOLL_DEBUG=1 .venv/bin/pip install -q --no-build-isolation -e .)
 asan=$(gcc -print-file-name=libasan.so)
 ubsan=$(gcc -print-file-name=libubsan.so)

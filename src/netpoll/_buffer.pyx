@@ -291,6 +291,7 @@ cdef str _delim_repr(object d):
 
 
 @cython.final
+@cython.freelist(32)     # slice() makes one per echoed request: reuse their memory
 cdef class LinkBuffer:
     """A linked list of memory chunks: read in place, write without copying.
 

@@ -64,6 +64,11 @@ cdef enum Op:
     OP_READ = 9
 
 
+cdef extern from "<stdbool.h>":
+    # a one-byte C bool with bint's semantics (Connection's flags)
+    ctypedef bint flag "bool"
+
+
 cdef class Poller
 cdef class Connection
 cdef class EventLoop
@@ -163,6 +168,11 @@ cdef class Poller:
     cdef list closes            # closes begun during the pass; their user code runs after it
     cdef TimerHeap timers
     cdef bint in_batch          # inside the epoll walk: no user code may run
+    cdef bint task_slot         # in run_pending (3.11): handler steps may leave
+                                # _current_tasks[loop] = None; cleared when it ends
+    cdef object slot_task       # while task_slot: the entry's value as the steps left it
+    cdef object slot_base       # ... and as run_pending found it (None: no entry)
+    cdef int slot_depth         # steps of this poller's handlers in progress
     cdef bint kicked
     cdef bint retired           # poller_num shrank: no new connections; closes when empty
     cdef int spin
@@ -207,6 +217,7 @@ cdef class Handler:
     cdef Py_ssize_t consumed_mark
     cdef Py_ssize_t rx_mark
     cdef object wakeup            # bound method, made once
+    cdef Py_hash_t loop_hash      # hash(loop), for the 3.11 current-task slot
     cdef object __weakref__
 
     cdef int run(self) except -1
@@ -216,7 +227,7 @@ cdef class Handler:
     cdef int set_coro(self, object res) except -1
     cdef int step(self, object exc) except -1
     # One step of the coroutine: 1 suspended, 0 finished.
-    cdef void restore_task(self, object prev) noexcept
+    cdef void restore_task(self, object prev, Poller slot) noexcept
     cdef int on_yield(self, object result) except -1
     cdef int on_error(self, object exc) except -1
     cdef int finish(self) except -1
@@ -231,10 +242,40 @@ cdef class Handler:
 @cython.final
 cdef class Connection:
     cdef readonly int fd
+    # the state table (connection.pyx): written by Connection methods only.
+    # The small fields are packed together (flags are one-byte C bools): an idle
+    # connection is mostly this object (benchmarks/idle.py)
+    cdef int closed_by            # CloseBy
+    cdef int connect_state        # ConnectState
+    cdef unsigned int events
+    cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
+    cdef int book_size            # input booking sizes; <= BOOK_MAX (config.buffer_size is too)
+    cdef int max_size
+    cdef flag processing          # a handler chain is in progress
+    cdef flag peer_eof            # the peer finished sending
+    cdef flag draining            # server shutdown: no new input is taken in
+    cdef flag close_when_done     # server shutdown: close once output drained and idle
+    cdef flag finished            # close callbacks ran; fd closed (or handed back)
+    cdef flag detached
+    # poller bookkeeping
+    cdef flag registered
+    cdef flag writing             # EPOLLOUT armed
+    cdef flag paused              # read backpressure: EPOLLIN off
+    cdef flag wpaused             # write backpressure: EPOLLIN off while output is above the limit
+    cdef flag queued              # on the poller's ready list
+    cdef flag close_queued        # on the poller's closes list
+    cdef flag uring_rstop                # its cancel is in flight (its CQEs still deliver)
+    cdef flag uring_norecv               # reads with recv(2) itself (e.g. TLS): poll model;
+                                         # set before Poller.add
+    cdef flag has_rdeadline       # absolute deadlines replace the timeouts while set
+    cdef flag has_wdeadline
+    cdef flag rstop               # a transport's reader is off (not yet started, paused,
+                                  # closing, EOF handed over): EPOLLIN off
+
     cdef Poller poller
     cdef object loop
-    cdef LinkBuffer inbuf
-    cdef LinkBuffer outbuf
+    cdef LinkBuffer inbuf         # _NO_INPUT until the first input (reactor/connection.pyx)
+    cdef LinkBuffer outbuf        # _NO_OUTPUT until the first write
     cdef Handler handler          # made on the first handler start (idle connections have none)
     cdef object context
     cdef public object ctx
@@ -246,31 +287,8 @@ cdef class Connection:
     cdef EventLoop server
     cdef str network
 
-    # the state table (connection.pyx): written by Connection methods only
-    cdef int closed_by            # CloseBy
-    cdef int connect_state        # ConnectState
-    cdef bint processing          # a handler chain is in progress
-    cdef bint peer_eof            # the peer finished sending
-    cdef bint draining            # server shutdown: no new input is taken in
-    cdef bint close_when_done     # server shutdown: close once output drained and idle
-    cdef bint finished            # close callbacks ran; fd closed (or handed back)
-    cdef bint detached
-    # poller bookkeeping
-    cdef bint registered
-    cdef bint writing             # EPOLLOUT armed
-    cdef bint paused              # read backpressure: EPOLLIN off
-    cdef bint wpaused             # write backpressure: EPOLLIN off while output is above the limit
-    cdef bint queued              # on the poller's ready list
-    cdef bint close_queued        # on the poller's closes list
-    cdef unsigned int events
     cdef unsigned long long uring_id     # io_uring backend: the armed poll's user_data
-    cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
     cdef unsigned long long uring_rid    # io_uring backend: the recv in flight's user_data
-    cdef bint uring_rstop                # its cancel is in flight (its CQEs still deliver)
-    cdef bint uring_norecv               # reads with recv(2) itself (e.g. TLS): poll model;
-                                         # set before Poller.add
-    cdef bint rstop               # a transport's reader is off (not yet started, paused,
-                                  # closing, EOF handed over): EPOLLIN off
     cdef TransportCore proto      # set: an asyncio transport's connection (reactor/transport.pyx)
     cdef readonly object close_error   # the OSError of the failed recv/send (e.g.
                                        # ConnectionResetError), else None
@@ -286,16 +304,12 @@ cdef class Connection:
     cdef double write_timeout
     cdef double idle_timeout
     cdef double last_active
-    cdef bint has_rdeadline       # absolute deadlines replace the timeouts while set
-    cdef bint has_wdeadline
     cdef double rdeadline
     cdef double wdeadline
     cdef double read_wait_start
     cdef double write_wait_start
     cdef Py_ssize_t read_limit
     cdef Py_ssize_t write_limit
-    cdef Py_ssize_t book_size
-    cdef Py_ssize_t max_size
     cdef Py_ssize_t rx_total      # bytes received
 
     cdef object _local_addr
@@ -304,6 +318,8 @@ cdef class Connection:
     cdef object __weakref__
 
     cdef int setup(self, int fd, object loop, str network, EventLoop server) except -1
+    cdef int own_in(self) except -1
+    cdef int own_out(self) except -1
     # Open a fresh Connection on fd (not yet registered with a poller).
     # poller side (inside the pass: I/O and queueing only)
     cdef int on_event(self, unsigned int ev) except -1

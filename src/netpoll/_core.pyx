@@ -78,6 +78,14 @@ cdef extern from "Python.h":
     Py_ssize_t PyDict_GET_SIZE(object d)
     int PyDict_SetItem(object d, object k, object v) except -1
     int PyDict_DelItem(object d, object k) except -1
+    Py_hash_t PyObject_Hash(object o) except -1
+    # borrowed; NULL when absent (the keys here are loops: no comparison can raise)
+    PyObject* _PyDict_GetItem_KnownHash(object d, object k, Py_hash_t h)
+    int _PyDict_SetItem_KnownHash(object d, object k, object v, Py_hash_t h) except -1
+    ctypedef struct PyCodeObject:
+        int co_flags
+    bint PyFunction_Check(object o)
+    PyObject* PyFunction_GET_CODE(object f)     # borrowed
 
 
 NpReady_Init()

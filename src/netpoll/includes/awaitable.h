@@ -11,6 +11,7 @@
  * once) and dropped at that moment: the type is not GC-tracked, so keeping a
  * delivered exception (whose traceback holds the awaiting frame, which holds
  * this object) would make a cycle the collector cannot see.
+ * One spare object is reused while nobody holds it (np_ready_make).
  */
 #ifndef NETPOLL_AWAITABLE_H
 #define NETPOLL_AWAITABLE_H
@@ -27,10 +28,28 @@ static PyTypeObject NpReady_Type;
 static NpReady *npready_free[NPREADY_FREELIST];
 static int npready_nfree = 0;
 
+/* The spare: one object the module keeps a reference to. `await
+ * reader.next(n)` drops the awaitable as soon as it is delivered, so the
+ * spare is free again (its refcount back to 1, ours) by the next read and
+ * is handed out again without allocating or initialising an object. An
+ * awaitable someone still holds (refcount > 1) is never reused: the next
+ * one comes from the free list. */
+static NpReady *npready_spare = NULL;
+
 static PyObject *
 np_ready_make(PyObject *value, int failed)
 {
-    NpReady *op;
+    NpReady *op = npready_spare;
+    PyObject *old;
+    if (op != NULL && Py_REFCNT(op) == 1) {
+        old = op->value;          /* an undelivered value of a dropped awaitable */
+        Py_INCREF(value);
+        op->value = value;
+        op->failed = failed;
+        Py_INCREF(op);
+        Py_XDECREF(old);          /* last: may run code that makes another one */
+        return (PyObject *)op;
+    }
     if (npready_nfree > 0) {
         op = npready_free[--npready_nfree];
         (void)PyObject_Init((PyObject *)op, &NpReady_Type);
@@ -180,7 +199,16 @@ static PyTypeObject NpReady_Type = {
 static int
 NpReady_Init(void)
 {
-    return PyType_Ready(&NpReady_Type);
+    if (PyType_Ready(&NpReady_Type) < 0)
+        return -1;
+    if (npready_spare == NULL) {
+        npready_spare = PyObject_New(NpReady, &NpReady_Type);
+        if (npready_spare == NULL)
+            return -1;
+        npready_spare->value = NULL;
+        npready_spare->failed = 0;
+    }
+    return 0;
 }
 
 #endif

@@ -41,6 +41,16 @@
 # An object made with Connection.__new__ (never set up) is closed and finished
 # from the start: every method behaves as on a closed connection.
 #
+# Idle connections carry no LinkBuffers. Until its first input, `inbuf` is the
+# shared _NO_INPUT, and until its first write `outbuf` is _NO_OUTPUT: empty
+# LinkBuffers that nothing ever writes. Their counters (length, pending, gen)
+# read as an empty buffer's, so code that only reads them needs no check; code
+# that writes or hands out a buffer first gives the connection its own
+# (own_in/own_out): do_read, TLS start, the io_uring receive, every reader
+# method, _writable (every writer method), conn.input. On an empty buffer
+# c_flush, release_keep and release_all change nothing; c_close is skipped.
+# The debug build checks the sentinels stay pristine (_check_no_bufs).
+#
 # Input: the poller books space in the input LinkBuffer and recv()s into it;
 # a waiting read is woken when read_need bytes are there, else on_request is
 # queued. Output: writes go to the output LinkBuffer; flush/flush_nowait send
@@ -62,9 +72,8 @@ cdef class Connection:
         self.closed_by = BY_USER
         self.finished = True
         self.close_callbacks = None      # made on the first add_close_callback
-        self.inbuf = LinkBuffer.__new__(LinkBuffer)
-        self.inbuf.owned = True
-        self.outbuf = LinkBuffer.__new__(LinkBuffer)
+        self.inbuf = _NO_INPUT           # own buffers on first use (own_in / own_out)
+        self.outbuf = _NO_OUTPUT
         if NETPOLL_DEBUG:
             live_connections += 1
 
@@ -94,6 +103,17 @@ cdef class Connection:
         self.max_size = config.buffer_size
         if network in ("tcp", "tcp4", "tcp6"):
             _set_nodelay(fd)
+        return 0
+
+    cdef int own_in(self) except -1:
+        if self.inbuf is _NO_INPUT:
+            self.inbuf = LinkBuffer.__new__(LinkBuffer)
+            self.inbuf.owned = True
+        return 0
+
+    cdef int own_out(self) except -1:
+        if self.outbuf is _NO_OUTPUT:
+            self.outbuf = LinkBuffer.__new__(LinkBuffer)
         return 0
 
     # -- reader / writer views (Go: Reader() and Writer() return the connection) --
@@ -131,6 +151,8 @@ cdef class Connection:
         if self.poller.uring and self.poller.ring.recv and not self.uring_norecv:
             # io_uring backend: its multishot recv does the reading
             return uring_take_input(self.poller)
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         while True:
             p = self.inbuf.book(self.book_size, self.max_size, &avail)
             n = recv(self.fd, p, avail, 0)
@@ -389,6 +411,7 @@ cdef class Connection:
         cdef Py_ssize_t gen, rx
         cdef Handler h
         self.processing = True
+        _task_slot_clear(self.poller)        # user code: no task is current
         while (self.closed_by != BY_USER and self.on_request is not None
                and self.inbuf.length and not self.detached):
             gen = self.inbuf.gen
@@ -457,6 +480,7 @@ cdef class Connection:
         self.connect_state = CS_DISCONNECTED
         if cb is None:
             return 0
+        _task_slot_clear(self.poller)
         try:
             res = cb(self.ctx, self)
             if res is not None and hasattr(res, "__await__"):
@@ -563,8 +587,10 @@ cdef class Connection:
         if self.handler is not None:
             self.handler.release()
             self.handler = None
-        self.inbuf.c_close()
-        self.outbuf.c_close()
+        if self.inbuf is not _NO_INPUT:
+            self.inbuf.c_close()
+        if self.outbuf is not _NO_OUTPUT:
+            self.outbuf.c_close()
         return 0
 
     cdef int finish_close(self) except -1:
@@ -574,6 +600,8 @@ cdef class Connection:
         self.finished = True
         cbs = self.close_callbacks
         self.close_callbacks = None
+        if cbs:
+            _task_slot_clear(self.poller)
         for cb in reversed(cbs or ()):
             try:
                 cb(self)
@@ -594,7 +622,10 @@ cdef class Connection:
             close(self.fd)
         # unsent output goes now (views handed out stay valid); input stays
         # readable: data that arrived before a peer close can still be read
-        self.outbuf.c_close()
+        if self.outbuf is not _NO_OUTPUT:
+            self.outbuf.c_close()
+        if NETPOLL_DEBUG:
+            _check_no_bufs()
         if self.handler is not None:
             self.handler.release()
             self.handler = None
@@ -842,6 +873,8 @@ cdef class Connection:
     def next(self, n):
         """Awaitable: the next n bytes as a read-only memoryview, consumed."""
         cdef Py_ssize_t k = _size("next", n)
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if self.inbuf.length >= k and self.read_waiter is None:
             v = self.inbuf.c_next(k)
             self._after_read(k)
@@ -851,6 +884,8 @@ cdef class Connection:
     def peek(self, n):
         """Awaitable: the next n bytes as a read-only memoryview, not consumed."""
         cdef Py_ssize_t k = _size("peek", n)
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if self.inbuf.length >= k and self.read_waiter is None:
             return NpReady_New(self.inbuf.c_peek(k))
         return self._wait(OP_PEEK, k, None)
@@ -858,6 +893,8 @@ cdef class Connection:
     def skip(self, n):
         """Awaitable: consume n bytes."""
         cdef Py_ssize_t k = _size("skip", n)
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if self.inbuf.length >= k and self.read_waiter is None:
             if k:
                 self.inbuf.consume(k)
@@ -868,6 +905,8 @@ cdef class Connection:
     def read_binary(self, n):
         """Awaitable: an independent copy of the next n bytes, consumed."""
         cdef Py_ssize_t k = _size("read_binary", n)
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if self.inbuf.length >= k and self.read_waiter is None:
             v = self.inbuf.c_read_binary(k)
             self._after_read(k)
@@ -877,6 +916,8 @@ cdef class Connection:
     def read_string(self, n, encoding="utf-8", errors="strict"):
         """Awaitable: the next n bytes decoded; on a decode error nothing is consumed."""
         cdef Py_ssize_t k = _size("read_string", n)
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if self.inbuf.length >= k and self.read_waiter is None:
             try:
                 return NpReady_New(self._op(OP_READ_STRING, k, (encoding, errors)))
@@ -886,6 +927,8 @@ cdef class Connection:
 
     def read_byte(self):
         """Awaitable: one byte as an int, consumed."""
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if self.inbuf.length >= 1 and self.read_waiter is None:
             return NpReady_New(self._op(OP_READ_BYTE, 1, None))
         return self._wait(OP_READ_BYTE, 1, None)
@@ -893,6 +936,8 @@ cdef class Connection:
     def slice(self, n):
         """Awaitable: a LinkBuffer of the next n bytes sharing their memory, consumed."""
         cdef Py_ssize_t k = _size("slice", n)
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if self.inbuf.length >= k and self.read_waiter is None:
             v = self.inbuf.c_slice(k)
             self._after_read(k)
@@ -918,6 +963,8 @@ cdef class Connection:
         else:
             raise TypeError(f"until: delimiter must be an int or bytes, not {type(delim).__name__}")
         cdef Py_ssize_t i
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if self.read_waiter is None:
             i = self.inbuf.index_of(d, len(d), 0)
             if i >= 0:
@@ -933,6 +980,8 @@ cdef class Connection:
         """
         cdef Py_ssize_t k = _size("read", n)
         cdef Py_ssize_t m
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         if k == 0:
             return NpReady_New(b"")
         if self.inbuf.length and self.read_waiter is None:
@@ -1031,6 +1080,8 @@ cdef class Connection:
     cdef inline int _writable(self, str op) except -1:
         if self.closed_by:
             raise ConnectionClosedError(f"{op}: connection closed")
+        if self.outbuf is _NO_OUTPUT:
+            self.own_out()
         return 0
 
     def malloc(self, n):
@@ -1144,6 +1195,8 @@ cdef class Connection:
     @property
     def input(self):
         """The input LinkBuffer: synchronous reads that never wait; writes are refused."""
+        if self.inbuf is _NO_INPUT:
+            self.own_in()
         return self.inbuf
 
     def output_len(self):
@@ -1209,6 +1262,20 @@ cdef class Connection:
 
 
 cdef object _NOWAIT = object()      # the token of a flush_nowait's write deadline
+
+# The buffers of a connection that has had no input / no output yet (see the top):
+# shared, empty, never written, never handed out.
+cdef LinkBuffer _NO_INPUT = LinkBuffer.__new__(LinkBuffer)
+cdef LinkBuffer _NO_OUTPUT = LinkBuffer.__new__(LinkBuffer)
+
+
+cdef int _check_no_bufs() except -1:
+    # debug build: nothing wrote the shared empty buffers
+    for b in (_NO_INPUT, _NO_OUTPUT):
+        if (b.rd != NULL or b.wr != NULL or b.fl != NULL or b.length or b.pending
+                or b.gen or b.closed):
+            raise AssertionError("netpoll: a connection wrote the shared empty buffer")
+    return 0
 
 
 cdef str _opname(int op):

@@ -10,6 +10,26 @@
 # completion without a loop round trip and without a Task. A plain-function
 # handler is simply called: no coroutine, no current-task swap.
 #
+# The current-task swap on CPython 3.11 is two dict operations on asyncio's
+# _current_tasks (insert the handler, then delete it again), ~500 instructions
+# a step. Inside a poller's run_pending (Poller.task_slot) it is cheaper:
+# - a step *replaces* the entry's value with its handler (nothing when the
+#   value is that handler already), and at the end of an outermost step
+#   (slot_depth 0) leaves it there: the next step overwrites it anyway;
+# - before any other user code run_pending reaches (plain handlers, on_connect,
+#   an on_request that is not an `async def` function, on_disconnect, close
+#   callbacks, a handler error's logging) _task_slot_clear puts back the value
+#   run_pending found (slot_base: None when there was no entry), so that code
+#   sees no task, as before. Calling an `async def` function only makes the
+#   coroutine: no user code runs, no clear is needed.
+# - a step nested in another (user code in a handler started another
+#   connection's handler inline) gives the outer one its entry back at once;
+# - run_pending ends with _end_task_slot: the entry as it found it (deleted if
+#   there was none), so no asyncio Task ever finds a stale handler (3.11 Tasks
+#   step only from loop callbacks, never inside run_pending).
+# asyncio.current_task() returns None for a None value exactly as for no
+# entry. 3.12+ has _swap_current_task, one C call, and takes neither path.
+#
 # Invariants
 # - The Handler never writes Connection state: it calls Connection.connected()
 #   when on_connect is over and Connection.handler_done() when a chain ends.
@@ -51,6 +71,7 @@ cdef class Handler:
         self.phase = PH_IDLE
         self.waiting = None
         self.wakeup = self._wakeup
+        self.loop_hash = PyObject_Hash(loop)
 
     # asyncio's view of a task
     def get_loop(self):
@@ -126,6 +147,7 @@ cdef class Handler:
         if c.connect_state == CS_NEW:
             if c.on_connect is not None and c.closed_by == OPEN:
                 self.phase = PH_CONNECT
+                _task_slot_clear(c.poller)
                 try:
                     if c.runner is None:
                         res = c.on_connect(c.ctx, c)
@@ -152,6 +174,8 @@ cdef class Handler:
         self.phase = PH_REQUEST
         self.consumed_mark = c.inbuf.gen
         self.rx_mark = c.rx_total
+        if c.runner is not None or not _async_def(c.on_request):
+            _task_slot_clear(c.poller)       # user code runs in the call itself
         try:
             if c.runner is None:
                 res = c.on_request(c.ctx, c)
@@ -177,6 +201,7 @@ cdef class Handler:
         cdef int st
         cdef object prev = None
         cdef Connection c = self.conn
+        cdef Poller slot = None
         coro = self.coro
         if self.must_cancel:
             self.must_cancel = False
@@ -186,6 +211,15 @@ cdef class Handler:
         # become the loop's current task for this step
         if _swap_current_task is not None:
             prev = _swap_current_task(self.loop, self)
+        elif c.poller.task_slot:
+            # in run_pending (see the top): slot_task mirrors the entry's value
+            slot = c.poller
+            if slot.slot_depth:
+                prev = slot.slot_task          # the outer step's handler
+            if slot.slot_task is not self:
+                _PyDict_SetItem_KnownHash(_current_tasks, self.loop, self, self.loop_hash)
+                slot.slot_task = self
+            slot.slot_depth += 1
         else:
             # from a loop callback no task is current and the dict is empty:
             # skip the lookup of a task to restore
@@ -210,12 +244,12 @@ cdef class Handler:
                 PyContext_Exit(c.context)
             except RuntimeError:
                 pass      # the enter itself failed
-            self.restore_task(prev)
+            self.restore_task(prev, slot)
             self.coro = None
             self.on_error(err)
             return 0
         PyContext_Exit(c.context)
-        self.restore_task(prev)
+        self.restore_task(prev, slot)
         if st == 1:                 # PYGEN_NEXT: it yielded
             self.on_yield(result)
             return 1
@@ -224,9 +258,15 @@ cdef class Handler:
             c.connected(result)
         return 0
 
-    cdef inline void restore_task(self, prev) noexcept:
+    cdef inline void restore_task(self, prev, Poller slot) noexcept:
         try:
-            if _swap_current_task is not None:
+            if slot is not None:
+                slot.slot_depth -= 1
+                if slot.slot_depth and slot.slot_task is not prev:
+                    slot.slot_task = prev      # nested: the outer step is current again
+                    _PyDict_SetItem_KnownHash(_current_tasks, self.loop, prev, self.loop_hash)
+                # outermost: the entry keeps this handler until the next step or a clear
+            elif _swap_current_task is not None:
                 _swap_current_task(self.loop, prev)
             elif prev is None:
                 PyDict_DelItem(_current_tasks, self.loop)
@@ -275,6 +315,7 @@ cdef class Handler:
     cdef int on_error(self, exc) except -1:
         cdef Connection c = self.conn
         self.coro = None
+        _task_slot_clear(c.poller)
         if isinstance(exc, CancelledError):
             config.logger.debug("netpoll: handler cancelled; closing fd %d", c.fd)
         elif isinstance(exc, ConnectionClosedError) and (c.closed_by or c.peer_eof):
@@ -301,6 +342,44 @@ cdef class Handler:
         return 0
 
 
+
+
+cdef object _task_slot_value(object loop):
+    """Start of a run_pending: the loop's current task now (None if none)."""
+    cdef PyObject* cur
+    if not PyDict_GET_SIZE(_current_tasks):
+        return None
+    cur = _PyDict_GetItem_KnownHash(_current_tasks, loop, PyObject_Hash(loop))
+    return <object>cur if cur != NULL else None
+
+
+cdef inline bint _async_def(object f) noexcept:
+    # calling a plain `async def` function runs no user code: it only makes the coroutine
+    return PyFunction_Check(f) and ((<PyCodeObject*>PyFunction_GET_CODE(f)).co_flags & 0x80)
+
+
+cdef int _task_slot_clear(Poller p) except -1:
+    """Before user code that is not a handler step: the entry as run_pending found it."""
+    if p is not None and p.task_slot and p.slot_depth == 0 and p.slot_task is not p.slot_base:
+        p.slot_task = p.slot_base
+        _PyDict_SetItem_KnownHash(_current_tasks, p.loop, p.slot_base, PyObject_Hash(p.loop))
+    return 0
+
+
+cdef int _end_task_slot(Poller p) except -1:
+    """End of a run_pending: the entry as it found it (deleted if there was none)."""
+    cdef PyObject* cur
+    base = p.slot_base
+    p.task_slot = False
+    p.slot_task = p.slot_base = None
+    p.slot_depth = 0
+    if base is not None:
+        _PyDict_SetItem_KnownHash(_current_tasks, p.loop, base, PyObject_Hash(p.loop))
+    elif PyDict_GET_SIZE(_current_tasks):
+        cur = _PyDict_GetItem_KnownHash(_current_tasks, p.loop, PyObject_Hash(p.loop))
+        if cur != NULL and (cur == <PyObject*>None or type(<object>cur) is Handler):
+            PyDict_DelItem(_current_tasks, p.loop)
+    return 0
 
 
 # -- runners (Go's Config.Runner) ------------------------------------------------------

@@ -249,6 +249,17 @@ cdef class Poller:
         cdef list ready, hups, closes
         if self.in_batch:
             return 0          # never user code inside the walk; the pass runs them after
+        if not self.task_slot and _current_tasks is not None:
+            # 3.11: handler steps in here replace asyncio's current-task entry
+            # instead of inserting and deleting it (reactor/handler.pyx)
+            self.task_slot = True
+            self.slot_task = self.slot_base = _task_slot_value(self.loop)
+            self.slot_depth = 0
+            try:
+                self.run_pending()
+            finally:
+                _end_task_slot(self)
+            return 0
         while self.ready or self.hups or self.closes:
             closes = self.closes
             if closes:

@@ -198,6 +198,8 @@ cdef class TLSLayer:
                 self.fast = np_ssl_check(inner, self.incoming, self.outgoing,
                                          &self.ssl, &self.rbio, &self.wbio) == 1
         c.tls_layer = self
+        c.own_in()            # TLS code uses both buffers from the handshake on
+        c.own_out()
         if timeout > 0:
             self.timer = c.poller.timers.push(monotonic() + timeout, c, T_TLS, None)
         return 0

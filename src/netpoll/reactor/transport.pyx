@@ -254,6 +254,7 @@ cdef class TransportCore:
             self.conn_lost += 1
             return
         if c.writing or c.outbuf.length:
+            c.own_out()
             c.outbuf.c_write(data)               # behind earlier output
             c.outbuf.c_flush()
         elif self.send_now(data) != 1:
@@ -284,6 +285,7 @@ cdef class TransportCore:
         if sent < 0:
             self.c_fatal_error(c.note_error(<int>-sent), "Fatal write error on socket transport")
             return 2
+        c.own_out()                              # the first write may be this one
         if type(data) is bytes:
             c.outbuf.c_write(data)               # large bytes are linked, not copied
             c.outbuf.c_flush()
@@ -312,6 +314,7 @@ cdef class TransportCore:
                 _aio_logger.warning("socket.send() raised exception.")
             self.conn_lost += 1
             return
+        c.own_out()
         for data in items:
             c.outbuf.c_write(data)
         c.outbuf.c_flush()

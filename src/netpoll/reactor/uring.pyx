@@ -279,6 +279,8 @@ cdef int uring_deliver(Connection c, char* data, Py_ssize_t n) except -1:
     cdef char* dst
     if c.closed_by or c.draining or c.finished:
         return 0                  # not taken in: the connection is closing or draining
+    if c.inbuf is _NO_INPUT:
+        c.own_in()
     while off < n:
         dst = c.inbuf.book(n - off, c.max_size, &avail)
         k = avail if avail < n - off else n - off
