@@ -102,6 +102,7 @@ cdef class _Ring:
     cdef np_ring r
     cdef np_pbuf pb             # provided buffers (multishot recv model), when recv
     cdef bint recv              # multishot RECV + provided buffers, else poll-only
+    cdef bint send              # flush_nowait inside the pass queues a SEND (gathered)
     cdef np_cqe* cqes
     cdef int ncqes
 
@@ -267,6 +268,9 @@ cdef class Connection:
     cdef bint uring_rstop                # its cancel is in flight (its CQEs still deliver)
     cdef bint uring_norecv               # reads with recv(2) itself (e.g. TLS): poll model;
                                          # set before Poller.add
+    cdef unsigned long long uring_sid    # io_uring backend: the SEND in flight's user_data
+    cdef Py_ssize_t uring_slen           # its length (the outbuf bytes the kernel may read)
+    cdef object uring_msg                # bytearray: msghdr + iovecs of a SENDMSG
 
     cdef object read_waiter
     cdef Py_ssize_t read_need

@@ -28,6 +28,7 @@ every class, field and cdef signature is declared in _core.pxd):
 
 cimport cython
 from cpython.object cimport PyObject
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.ref cimport Py_DECREF
 from libc.stdlib cimport free, malloc as c_malloc
 from libc.string cimport memcpy, memset

@@ -57,6 +57,11 @@
 # per pass (send(2) stays a system call made by Connection.send_out).
 
 cdef enum:
+    # the low two bits of a request's user_data say what it is (0 is a cancel's)
+    ID_POLL = 0
+    ID_RECV = 1
+    ID_SEND = 2
+    ID_KIND = 3
     URING_ENTRIES = 4096
     URING_REAP = 256
     URING_NBUFS = 512           # provided buffers per poller (a power of two)
@@ -120,6 +125,11 @@ cdef bint _recv_model_wanted():
     return (major, minor) >= (6, 0)
 
 
+cdef bint _send_model_wanted():
+    # NETPOLL_URING_SEND=0: flush_nowait sends with send(2) at once (for comparison)
+    return os.environ.get("NETPOLL_URING_SEND", "1") != "0"
+
+
 @cython.final
 cdef class _Ring:
 
@@ -127,6 +137,7 @@ cdef class _Ring:
         cdef int rc = np_ring_init(&self.r, entries, IORING_SETUP_CLAMP)
         if rc < 0:
             raise oserror(-rc, "io_uring_setup")
+        self.send = _send_model_wanted()
         self.ncqes = URING_REAP
         self.cqes = <np_cqe*>c_malloc(sizeof(np_cqe) * self.ncqes)
         if self.cqes == NULL:
@@ -147,13 +158,11 @@ cdef class _Ring:
             self.cqes = NULL
 
     cdef void _teardown(self) noexcept:
-        # Never unmap a buffer the kernel may still write into: cancel every
-        # request synchronously and close the ring first (np_pbuf_teardown).
-        if self.recv:
-            np_pbuf_teardown(&self.r, &self.pb)
-            self.recv = False
-        else:
-            np_ring_exit(&self.r)
+        # Never unmap (or let go of) memory the kernel may still use - a provided
+        # buffer it writes, a send's output it reads: cancel every request
+        # synchronously and close the ring first (np_pbuf_teardown), in both models.
+        np_pbuf_teardown(&self.r, &self.pb)
+        self.recv = False
 
     cdef io_uring_sqe* sqe(self) except NULL:
         cdef io_uring_sqe* s
@@ -202,8 +211,8 @@ cdef int uring_sync(Poller p, Connection c) except -1:
         if want & EPOLLIN:
             if not c.uring_rid:
                 sqe = p.ring.sqe()
-                pid = p.next_id | 1
-                p.next_id += 2
+                pid = p.next_id | ID_RECV
+                p.next_id += 4
                 if c.read_limit:
                     np_sqe_recv_once(sqe, c.fd, pid)      # bounded input: a buffer per arm
                 else:
@@ -217,12 +226,14 @@ cdef int uring_sync(Poller p, Connection c) except -1:
             sqe = p.ring.sqe()
             np_sqe_cancel(sqe, c.uring_rid, 0)
             c.uring_rstop = True
+    if c.uring_sid:
+        pollmask &= ~EPOLLOUT     # a SEND is in flight: its CQE is the writable event
     if c.uring_armed != pollmask:
         uring_disarm(p, c)
         if pollmask:
             sqe = p.ring.sqe()
-            pid = p.next_id
-            p.next_id += 2
+            pid = p.next_id | ID_POLL
+            p.next_id += 4
             np_sqe_poll_add(sqe, c.fd, pollmask, pid)
             p.polls[pid] = c
             c.uring_id = pid
@@ -304,12 +315,20 @@ cdef Connection _uring_take(Poller p, dict polls, np_cqe* cq):
     obj = polls.get(pid)
     if obj is None:
         return None
+    if type(obj) is not Connection:
+        # the output of a connection finished while its SEND was in flight
+        # (uring_park_send): the kernel is done reading it now
+        del polls[pid]
+        return None
     c = <Connection>obj
     if not (cq.flags & IORING_CQE_F_MORE):
         del polls[pid]
-        if pid & 1:
+        kind = pid & ID_KIND
+        if kind == ID_RECV:
             c.uring_rid = 0
             c.uring_rstop = False
+        elif kind == ID_SEND:
+            c.uring_sid = 0
         else:
             c.uring_armed = 0
             c.uring_id = 0
@@ -320,7 +339,9 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
     # One CQE of c: a receive (odd id) or a poll (even id).
     cdef unsigned int ev
     cdef int res = cq.res
-    if cq.user_data & 1:
+    if cq.user_data & ID_KIND == ID_SEND:
+        return _uring_sent(p, c, res)
+    if cq.user_data & ID_KIND == ID_RECV:
         if cq.flags & IORING_CQE_F_BUFFER:
             if res > 0:
                 uring_deliver(c, np_pbuf_addr(&p.ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT), res)
@@ -419,4 +440,111 @@ cdef int uring_pass(Poller p) except -1:
         p.in_pass = False
         if p.epfd >= 0:
             p.ring.flush()         # re-arms and changes queued by the handlers
+    return 0
+
+
+# -- gathered sends -------------------------------------------------------------------
+#
+# flush_nowait inside the pass (plain handlers; async handlers' flush() keeps
+# send(2), so a flush that completes at once still completes at once) queues a
+# SEND of the output instead of calling send(2); the pass submits every queued
+# SQE with one io_uring_enter. At most one SEND per connection is in flight
+# (c.uring_sid), so output stays in order; what is written meanwhile goes with
+# the next SEND, queued from the CQE. The SEND is MSG_DONTWAIT: a full socket
+# completes at once with -EAGAIN or a short count, and the connection then
+# waits for EPOLLOUT exactly as after a short send(2) (writing, the write
+# timeout, the write limit). Ownership: the kernel may read c.outbuf's first
+# uring_slen bytes until the CQE; they are consumed only then. A connection
+# finished before that parks its output LinkBuffer in p.polls under the SEND's
+# id (uring_park_send); the CQE drops it. Ring teardown cancels synchronously
+# before anything is let go.
+
+cdef int uring_send(Poller p, Connection c) except -1:
+    """Queue c's output as one SEND/SENDMSG (nothing if one is in flight)."""
+    cdef io_uring_sqe* sqe
+    cdef iovec* iov
+    cdef msghdr* msg
+    cdef Py_ssize_t total
+    cdef int cnt
+    cdef unsigned long long sid
+    if c.uring_sid:
+        return 0                 # in flight: the rest follows its CQE, in order
+    if c.outbuf.length == 0:
+        c.outbuf.release_all()
+        return 0
+    if c.uring_msg is None:
+        c.uring_msg = bytearray(sizeof(msghdr) + sizeof(iovec) * MAX_IOV)
+    msg = <msghdr*>PyByteArray_AS_STRING(c.uring_msg)
+    iov = <iovec*>(<char*>msg + sizeof(msghdr))
+    cnt = c.outbuf.fill_iovecs(iov, MAX_IOV, &total)
+    sqe = p.ring.sqe()
+    sid = p.next_id | ID_SEND
+    p.next_id += 4
+    if cnt == 1:
+        if iov[0].iov_len > (1 << 30):
+            iov[0].iov_len = 1 << 30
+        total = iov[0].iov_len
+        np_sqe_send(sqe, c.fd, iov[0].iov_base, <unsigned int>total, sid)
+    else:
+        memset(msg, 0, sizeof(msghdr))
+        msg.msg_iov = iov
+        msg.msg_iovlen = cnt
+        np_sqe_sendmsg(sqe, c.fd, msg, sid)
+    p.polls[sid] = c
+    c.uring_sid = sid
+    c.uring_slen = total
+    return 0
+
+
+cdef int _uring_sent(Poller p, Connection c, int res) except -1:
+    # The CQE of c's SEND: the kernel is done with its bytes.
+    cdef Py_ssize_t slen = c.uring_slen
+    cdef double due
+    c.uring_slen = 0
+    if c.finished:
+        return 0
+    if res > 0:
+        c.outbuf.consume(res)
+    if c.closed_by:
+        return 0
+    if res < 0 and res != -_errno.EAGAIN:
+        if c.writing:
+            c.on_writable()       # send(2) reports the error to the flush waiting
+        else:
+            c.mark_eof(oserror(-res, "flush"))
+        return 0
+    if c.writing:
+        c.on_writable()           # a flush waits or EPOLLOUT is awaited: the usual path
+        return 0
+    if c.outbuf.length == 0:
+        c.outbuf.release_all()
+        if c.idle_timeout > 0:
+            c.last_active = monotonic()
+        if c.close_when_done and not c.processing:
+            c.close()
+        return 0
+    if res == slen and p.in_pass:
+        return uring_send(p, c)   # written meanwhile: the next SEND
+    # the socket is full (EAGAIN or a short send): wait for EPOLLOUT, as
+    # flush_nowait does after a short send(2)
+    c.writing = True
+    c.update_events()
+    if c.write_timer is None:
+        c.write_wait_start = monotonic()
+        due = c.write_due()
+        if due > 0:
+            c.write_timer = p.timers.push(due, c, T_WRITE, _NOWAIT)
+    c.check_write_limit()
+    return 0
+
+
+cdef int uring_park_send(Poller p, Connection c) except -1:
+    """c is finished with a SEND in flight: keep its output alive until the CQE."""
+    cdef LinkBuffer out = c.outbuf
+    if c.uring_sid:
+        p.polls[c.uring_sid] = out
+        c.outbuf = LinkBuffer.__new__(LinkBuffer)
+        c.outbuf.c_close()
+        c.uring_sid = 0
+        c.uring_slen = 0
     return 0
