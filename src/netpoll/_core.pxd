@@ -105,6 +105,20 @@ cdef class _Ring:
     cdef bint send              # flush_nowait inside the pass queues a SEND (gathered)
     cdef np_cqe* cqes
     cdef int ncqes
+    # requests in flight (user_data -> owner): see _Ring.req_new
+    cdef list reqs
+    cdef unsigned long long* req_ids
+    cdef unsigned int* free_slots
+    cdef unsigned int nfree
+    cdef unsigned int nslots
+    cdef unsigned long long gen
+    cdef readonly Py_ssize_t live      # requests in flight (0 once all ended)
+
+    cdef unsigned long long req_new(self, object owner, unsigned int kind) except 0
+    cdef object req_get(self, unsigned long long ud)
+    cdef int req_set(self, unsigned long long ud, object owner) except -1
+    cdef void req_end(self, unsigned long long ud) noexcept
+    cdef int reqs_clear(self) except -1
 
     cdef void _teardown(self) noexcept
 

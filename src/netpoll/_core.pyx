@@ -30,7 +30,8 @@ cimport cython
 from cpython.object cimport PyObject
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.ref cimport Py_DECREF
-from libc.stdlib cimport free, malloc as c_malloc
+from libc.stdlib cimport free, malloc as c_malloc, realloc
+from cpython.list cimport PyList_GET_ITEM
 from libc.string cimport memcpy, memset
 from posix.uio cimport iovec
 

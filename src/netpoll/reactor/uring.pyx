@@ -152,10 +152,14 @@ cdef class _Ring:
                                     "poll-only model", os.strerror(-rc))
 
     def __dealloc__(self):
-        self._teardown()
+        self._teardown()         # before `reqs` (owners of memory in use) goes
         if self.cqes != NULL:
             free(self.cqes)
             self.cqes = NULL
+        free(self.req_ids)
+        free(self.free_slots)
+        self.req_ids = NULL
+        self.free_slots = NULL
 
     cdef void _teardown(self) noexcept:
         # Never unmap (or let go of) memory the kernel may still use - a provided
@@ -186,12 +190,96 @@ cdef class _Ring:
         elif np_ring_pending(&self.r) == 0:
             return 0
         rc = np_ring_submit(&self.r, 0, flags)
-        if rc < 0 and rc != -_errno.EBUSY and rc != -_errno.EAGAIN:
-            raise oserror(-rc, "io_uring_enter")
-        return 0
+        if rc < 0:
+            if rc != -_errno.EBUSY and rc != -_errno.EAGAIN:
+                raise oserror(-rc, "io_uring_enter")
+            return 0
+        return rc
 
     cdef int close(self) except -1:
         self._teardown()
+        self.reqs_clear()        # after the synchronous cancel: nothing is in use now
+        return 0
+
+    # -- the request table ---------------------------------------------------------
+    # A request's user_data is generation << 32 | slot << 2 | kind. The slot
+    # holds a strong reference to the request's owner (its Connection, or a
+    # parked output LinkBuffer) until the request's final CQE or its removal; a
+    # late CQE of a removed request finds another generation in its slot (or
+    # a free slot) and is dropped. A C array and a list instead of a dict keyed
+    # by ever-growing ids: no int objects, no rehashing.
+
+    cdef unsigned long long req_new(self, object owner, unsigned int kind) except 0:
+        cdef unsigned int slot, i, n
+        cdef unsigned long long* ids
+        cdef unsigned int* free_
+        cdef unsigned long long ud
+        if self.nfree == 0:
+            n = self.nslots * 2 if self.nslots else 256
+            if n > (1u << 29):
+                raise MemoryError("io_uring: too many requests in flight")
+            ids = <unsigned long long*>realloc(self.req_ids, sizeof(unsigned long long) * n)
+            if ids == NULL:
+                raise MemoryError()
+            self.req_ids = ids
+            free_ = <unsigned int*>realloc(self.free_slots, sizeof(unsigned int) * n)
+            if free_ == NULL:
+                raise MemoryError()
+            self.free_slots = free_
+            if self.reqs is None:
+                self.reqs = []
+            self.reqs.extend([None] * (n - self.nslots))
+            i = n
+            while i > self.nslots:       # lowest slots handed out first
+                i -= 1
+                self.req_ids[i] = 0
+                self.free_slots[self.nfree] = i
+                self.nfree += 1
+            self.nslots = n
+        self.nfree -= 1
+        slot = self.free_slots[self.nfree]
+        self.gen += 1
+        ud = ((self.gen & 0xffffffffULL) << 32) | (<unsigned long long>slot << 2) | kind
+        if ud >> 32 == 0:
+            self.gen += 1
+            ud |= (self.gen & 0xffffffffULL) << 32
+        self.req_ids[slot] = ud
+        self.reqs[slot] = owner
+        self.live += 1
+        return ud
+
+    cdef object req_get(self, unsigned long long ud):
+        cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
+        if slot >= self.nslots or self.req_ids[slot] != ud:
+            return None
+        return <object>PyList_GET_ITEM(self.reqs, slot)
+
+    cdef int req_set(self, unsigned long long ud, object owner) except -1:
+        cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
+        if slot < self.nslots and self.req_ids[slot] == ud:
+            self.reqs[slot] = owner
+        return 0
+
+    cdef void req_end(self, unsigned long long ud) noexcept:
+        cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
+        if ud == 0 or slot >= self.nslots or self.req_ids[slot] != ud:
+            return
+        self.req_ids[slot] = 0
+        self.reqs[slot] = None
+        self.free_slots[self.nfree] = slot
+        self.nfree += 1
+        self.live -= 1
+
+    cdef int reqs_clear(self) except -1:
+        cdef unsigned int i
+        for i in range(self.nslots):
+            if self.req_ids[i]:
+                self.req_ids[i] = 0
+                self.free_slots[self.nfree] = i
+                self.nfree += 1
+        self.live = 0
+        if self.reqs is not None:
+            self.reqs[:] = [None] * len(self.reqs)
         return 0
 
 
@@ -211,13 +299,11 @@ cdef int uring_sync(Poller p, Connection c) except -1:
         if want & EPOLLIN:
             if not c.uring_rid:
                 sqe = p.ring.sqe()
-                pid = p.next_id | ID_RECV
-                p.next_id += 4
+                pid = p.ring.req_new(c, ID_RECV)
                 if c.read_limit:
                     np_sqe_recv_once(sqe, c.fd, pid)      # bounded input: a buffer per arm
                 else:
                     np_sqe_recv_multishot(sqe, c.fd, pid)
-                p.polls[pid] = c
                 c.uring_rid = pid
         elif c.uring_rid and not c.uring_rstop:
             # reading paused: cancel, but keep the id until the final CQE, so
@@ -232,10 +318,8 @@ cdef int uring_sync(Poller p, Connection c) except -1:
         uring_disarm(p, c)
         if pollmask:
             sqe = p.ring.sqe()
-            pid = p.next_id | ID_POLL
-            p.next_id += 4
+            pid = p.ring.req_new(c, ID_POLL)
             np_sqe_poll_add(sqe, c.fd, pollmask, pid)
-            p.polls[pid] = c
             c.uring_id = pid
             c.uring_armed = pollmask
     if not p.in_pass:
@@ -251,7 +335,7 @@ cdef int uring_cancel_recv(Poller p, Connection c) except -1:
     cdef io_uring_sqe* sqe
     cdef unsigned long long rid = c.uring_rid
     if rid:
-        p.polls.pop(rid, None)
+        p.ring.req_end(rid)
         c.uring_rid = 0
         if p.ring.r.fd >= 0 and not c.uring_rstop:
             sqe = p.ring.sqe()
@@ -264,7 +348,7 @@ cdef int uring_disarm(Poller p, Connection c) except -1:
     """Queue a POLL_REMOVE for c's armed poll; its late CQEs find no connection."""
     cdef io_uring_sqe* sqe
     if c.uring_armed:
-        p.polls.pop(c.uring_id, None)
+        p.ring.req_end(c.uring_id)
         c.uring_armed = 0
         if p.ring.r.fd >= 0:
             sqe = p.ring.sqe()
@@ -305,24 +389,25 @@ cdef int uring_deliver(Connection c, char* data, Py_ssize_t n) except -1:
     return 0
 
 
-cdef Connection _uring_take(Poller p, dict polls, np_cqe* cq):
+cdef Connection _uring_take(_Ring ring, np_cqe* cq):
     # The connection a CQE is for (None: a cancel's or POLL_REMOVE's own CQE, or
     # a removed or replaced request); a final CQE ends its request.
     cdef unsigned long long pid = cq.user_data
+    cdef unsigned int kind
     cdef Connection c
     if pid == 0:
         return None
-    obj = polls.get(pid)
+    obj = ring.req_get(pid)
     if obj is None:
         return None
     if type(obj) is not Connection:
         # the output of a connection finished while its SEND was in flight
         # (uring_park_send): the kernel is done reading it now
-        del polls[pid]
+        ring.req_end(pid)
         return None
     c = <Connection>obj
     if not (cq.flags & IORING_CQE_F_MORE):
-        del polls[pid]
+        ring.req_end(pid)
         kind = pid & ID_KIND
         if kind == ID_RECV:
             c.uring_rid = 0
@@ -372,7 +457,6 @@ cdef int uring_walk(Poller p) except -1:
     """Reap one batch of CQEs and do its I/O (no user code: the caller runs the
     queues). Returns how many CQEs there were."""
     cdef _Ring ring = p.ring
-    cdef dict polls = p.polls
     cdef np_cqe* cq
     cdef Connection c
     cdef int i = 0
@@ -384,7 +468,7 @@ cdef int uring_walk(Poller p) except -1:
         while i < n:
             cq = &ring.cqes[i]
             i += 1
-            c = _uring_take(p, polls, cq)
+            c = _uring_take(ring, cq)
             try:
                 if c is not None:
                     _uring_complete(p, c, cq)
@@ -402,7 +486,7 @@ cdef int uring_walk(Poller p) except -1:
         while i < n:
             cq = &ring.cqes[i]
             i += 1
-            c = _uring_take(p, polls, cq)
+            c = _uring_take(ring, cq)
             if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
                 np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
             if c is not None and c.registered and p.epfd >= 0:
@@ -427,15 +511,23 @@ cdef int uring_take_input(Poller p) except -1:
 
 cdef int uring_pass(Poller p) except -1:
     """The I/O pass of an io_uring poller (Poller._on_ready says why it spins)."""
-    cdef int rounds = 0
+    cdef int rounds = 0, submitted
     p.in_pass = True
     try:
-        while rounds < p.spin and p.epfd >= 0:
-            p.ring.flush()        # the previous round's re-arms, in one io_uring_enter
+        while p.epfd >= 0:
+            # the previous round's SENDs, re-arms and changes, in one io_uring_enter
+            submitted = p.ring.flush()
+            if rounds >= p.spin and submitted == 0:
+                return 0
+            # A SEND (MSG_DONTWAIT) completes inside that io_uring_enter: reap its
+            # CQE now, in this pass - left in the ring it would wake the loop
+            # again just for the bookkeeping (a second wake-up per request).
             if not uring_walk(p):
                 return 0
             rounds += 1
             p.run_pending()
+            if rounds >= p.spin + 4:
+                return 0          # fairness: the rest waits for the next pass
     finally:
         p.in_pass = False
         if p.epfd >= 0:
@@ -478,8 +570,7 @@ cdef int uring_send(Poller p, Connection c) except -1:
     iov = <iovec*>(<char*>msg + sizeof(msghdr))
     cnt = c.outbuf.fill_iovecs(iov, MAX_IOV, &total)
     sqe = p.ring.sqe()
-    sid = p.next_id | ID_SEND
-    p.next_id += 4
+    sid = p.ring.req_new(c, ID_SEND)
     if cnt == 1:
         if iov[0].iov_len > (1 << 30):
             iov[0].iov_len = 1 << 30
@@ -490,7 +581,6 @@ cdef int uring_send(Poller p, Connection c) except -1:
         msg.msg_iov = iov
         msg.msg_iovlen = cnt
         np_sqe_sendmsg(sqe, c.fd, msg, sid)
-    p.polls[sid] = c
     c.uring_sid = sid
     c.uring_slen = total
     return 0
@@ -542,7 +632,7 @@ cdef int uring_park_send(Poller p, Connection c) except -1:
     """c is finished with a SEND in flight: keep its output alive until the CQE."""
     cdef LinkBuffer out = c.outbuf
     if c.uring_sid:
-        p.polls[c.uring_sid] = out
+        p.ring.req_set(c.uring_sid, out)
         c.outbuf = LinkBuffer.__new__(LinkBuffer)
         c.outbuf.c_close()
         c.uring_sid = 0
