@@ -113,6 +113,7 @@ cdef class _Ring:
     cdef unsigned int nslots
     cdef unsigned long long gen
     cdef readonly Py_ssize_t live      # requests in flight (0 once all ended)
+    cdef Py_ssize_t parked             # of them, SENDs of finished connections
 
     cdef unsigned long long req_new(self, object owner, unsigned int kind) except 0
     cdef object req_get(self, unsigned long long ud)

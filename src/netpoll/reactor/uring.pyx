@@ -125,6 +125,30 @@ cdef bint _recv_model_wanted():
     return (major, minor) >= (6, 0)
 
 
+cdef Py_ssize_t uring_requests = 0     # requests in flight, over all rings
+cdef Py_ssize_t uring_parked = 0       # outputs of finished connections awaiting a SEND's CQE
+cdef Py_ssize_t uring_enobufs = 0      # RECVs ended by an empty provided-buffer ring (re-armed)
+
+
+@cython.binding(True)
+def _uring_debug():
+    """Counters that return to zero once every connection is gone (tests)."""
+    return {"requests": uring_requests, "parked_outputs": uring_parked,
+            "enobufs": uring_enobufs}
+
+
+cdef unsigned int _env_nbufs() except 0:
+    # NETPOLL_URING_BUFS: provided buffers per poller (a power of two, 1..32768);
+    # tests use a tiny ring to make it run dry (ENOBUFS)
+    raw = os.environ.get("NETPOLL_URING_BUFS", "")
+    if not raw:
+        return URING_NBUFS
+    n = int(raw)
+    if n < 1 or n > 32768 or n & (n - 1):
+        raise ValueError(f"NETPOLL_URING_BUFS={raw!r}: expected a power of two, 1..32768")
+    return n
+
+
 cdef bint _send_model_wanted():
     # NETPOLL_URING_SEND=0: flush_nowait sends with send(2) at once (for comparison)
     return os.environ.get("NETPOLL_URING_SEND", "1") != "0"
@@ -144,7 +168,7 @@ cdef class _Ring:
             np_ring_exit(&self.r)
             raise MemoryError()
         if want_recv:
-            rc = np_pbuf_init(&self.r, &self.pb, URING_NBUFS, URING_BUFSZ)
+            rc = np_pbuf_init(&self.r, &self.pb, _env_nbufs(), URING_BUFSZ)
             if rc == 0:
                 self.recv = True
             else:
@@ -210,6 +234,7 @@ cdef class _Ring:
     # by ever-growing ids: no int objects, no rehashing.
 
     cdef unsigned long long req_new(self, object owner, unsigned int kind) except 0:
+        global uring_requests
         cdef unsigned int slot, i, n
         cdef unsigned long long* ids
         cdef unsigned int* free_
@@ -246,6 +271,7 @@ cdef class _Ring:
         self.req_ids[slot] = ud
         self.reqs[slot] = owner
         self.live += 1
+        uring_requests += 1
         return ud
 
     cdef object req_get(self, unsigned long long ud):
@@ -255,23 +281,36 @@ cdef class _Ring:
         return <object>PyList_GET_ITEM(self.reqs, slot)
 
     cdef int req_set(self, unsigned long long ud, object owner) except -1:
+        # only uring_park_send: the owner becomes a parked output LinkBuffer
+        global uring_parked
         cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
         if slot < self.nslots and self.req_ids[slot] == ud:
             self.reqs[slot] = owner
+            uring_parked += 1
+            self.parked += 1
         return 0
 
     cdef void req_end(self, unsigned long long ud) noexcept:
+        global uring_requests, uring_parked
         cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
         if ud == 0 or slot >= self.nslots or self.req_ids[slot] != ud:
             return
         self.req_ids[slot] = 0
+        if type(self.reqs[slot]) is not Connection:
+            uring_parked -= 1
+            self.parked -= 1
         self.reqs[slot] = None
         self.free_slots[self.nfree] = slot
         self.nfree += 1
         self.live -= 1
+        uring_requests -= 1
 
     cdef int reqs_clear(self) except -1:
+        global uring_requests, uring_parked
         cdef unsigned int i
+        uring_requests -= self.live
+        uring_parked -= self.parked
+        self.parked = 0
         for i in range(self.nslots):
             if self.req_ids[i]:
                 self.req_ids[i] = 0
@@ -421,7 +460,8 @@ cdef Connection _uring_take(_Ring ring, np_cqe* cq):
 
 
 cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
-    # One CQE of c: a receive (odd id) or a poll (even id).
+    # One CQE of c: a send, a receive or a poll (the kind bits of its id).
+    global uring_enobufs
     cdef unsigned int ev
     cdef int res = cq.res
     if cq.user_data & ID_KIND == ID_SEND:
@@ -436,7 +476,10 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
             c.mark_eof(None)
         elif res < 0 and res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
             c.mark_eof(oserror(-res, "recv"))
-        # -ENOBUFS: the ring ran dry; buffers are back by now, uring_sync re-arms
+        elif res == -_errno.ENOBUFS:
+            # the ring ran dry: this CQE ended the RECV; the walk gives the
+            # buffers of this batch back, then uring_sync re-arms it
+            uring_enobufs += 1
         return 0
     if res < 0:
         if res == -_errno.ECANCELED:
