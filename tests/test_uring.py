@@ -300,9 +300,9 @@ def test_provided_buffer_ring_runs_dry_and_recovers(run: Any, uring: None,
         el, ln, task = await start(plain_echo)
         conns = [await asyncio.open_connection(*ln.addr) for _ in range(30)]
         payloads = [os.urandom(64 << 10) for _ in conns]
-        for (_r, w), p in zip(conns, payloads):
+        for (_r, w), p in zip(conns, payloads, strict=True):
             w.write(p)
-        for (r, _w), p in zip(conns, payloads):
+        for (r, _w), p in zip(conns, payloads, strict=True):
             assert await r.readexactly(len(p)) == p
         assert _core._uring_debug()["enobufs"] > before
         for _, w in conns:
