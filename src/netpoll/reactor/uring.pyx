@@ -34,10 +34,10 @@
 # ------------------------------
 # With epoll, EPOLL_CTL_DEL is synchronous; with io_uring a removed poll's CQE
 # (-ECANCELED) can arrive a pass later, after the connection is gone. So the
-# CQE user_data is not a pointer but a poll id: `Poller.polls` maps id ->
-# Connection (a strong reference) while the poll is armed. A CQE whose id is
-# not in the map (a removed or replaced poll) is dropped without touching any
-# connection. Poll requests reference no user memory, so cancellation needs no
+# CQE user_data is not a pointer but a request id: the ring's request table
+# (_Ring.req_new) holds the Connection (a strong reference) while the request
+# is armed. A CQE whose id is no longer in the table (a removed or replaced
+# request) is dropped without touching any connection. Poll requests reference no user memory, so cancellation needs no
 # waiting: the kernel only holds a reference to the *file*. That is why
 # Poller.remove submits its POLL_REMOVE at once, before close(2): until the
 # poll is cancelled the socket stays open in the kernel.
@@ -51,10 +51,12 @@
 # NETPOLL_URING_RECV=0 keeps the poll-only model above): input comes from a
 # RECV with IOSQE_BUFFER_SELECT (multishot; one-shot for connections with a
 # read limit) into a provided-buffer ring, copied into the input LinkBuffer;
-# polls are armed only for EPOLLOUT. Buffer ownership, cancellation and
+# polls are armed only for EPOLLOUT. Output: flush_nowait inside the pass
+# queues a SEND (see "gathered sends" below), submitted with the round's one
+# io_uring_enter. Request ids, buffer and output ownership, cancellation and
 # teardown: docs/design.md, "The io_uring backend". Not done: multishot accept
-# (the listener is still polled by the asyncio loop) and SEND SQEs gathered
-# per pass (send(2) stays a system call made by Connection.send_out).
+# (the listener is still polled by the asyncio loop), zero-copy hand-over of
+# provided buffers to the LinkBuffer, SEND_ZC.
 
 cdef enum:
     # the low two bits of a request's user_data say what it is (0 is a cancel's)
