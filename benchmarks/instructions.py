@@ -62,6 +62,12 @@ def peers(mode: str) -> dict[str, list[str]]:
                                    "--handler", "sync"],
         "netpoll sync (uvloop)": [PY, "-m", "netpoll", cmd, "--port", "{port}",
                                   "--handler", "sync", "--uvloop"],
+        # the same plain handler on the io_uring backend (the default above is epoll)
+        "netpoll sync io_uring (asyncio)": [PY, "-m", "netpoll", cmd, "--port", "{port}",
+                                            "--handler", "sync", "--backend", "io_uring"],
+        "netpoll sync io_uring (uvloop)": [PY, "-m", "netpoll", cmd, "--port", "{port}",
+                                           "--handler", "sync", "--backend", "io_uring",
+                                           "--uvloop"],
     }
     kind = "rpc-protocol" if mode == "frame" else "protocol"
     peer = [PY, "-m", "netpoll.bench.peers", "--kind", kind, "--port", "{port}"]

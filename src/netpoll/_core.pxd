@@ -109,8 +109,24 @@ cdef class _Ring:
     cdef np_ring r
     cdef np_pbuf pb             # provided buffers (multishot recv model), when recv
     cdef bint recv              # multishot RECV + provided buffers, else poll-only
+    cdef bint send              # flush_nowait inside the pass queues a SEND (gathered)
     cdef np_cqe* cqes
     cdef int ncqes
+    # requests in flight (user_data -> owner): see _Ring.req_new
+    cdef list reqs
+    cdef unsigned long long* req_ids
+    cdef unsigned int* free_slots
+    cdef unsigned int nfree
+    cdef unsigned int nslots
+    cdef unsigned long long gen
+    cdef readonly Py_ssize_t live      # requests in flight (0 once all ended)
+    cdef Py_ssize_t parked             # of them, SENDs of finished connections
+
+    cdef unsigned long long req_new(self, object owner, unsigned int kind) except 0
+    cdef object req_get(self, unsigned long long ud)
+    cdef int req_set(self, unsigned long long ud, object owner) except -1
+    cdef void req_end(self, unsigned long long ud) noexcept
+    cdef int reqs_clear(self) except -1
 
     cdef void _teardown(self) noexcept
 
@@ -289,6 +305,9 @@ cdef class Connection:
 
     cdef unsigned long long uring_id     # io_uring backend: the armed poll's user_data
     cdef unsigned long long uring_rid    # io_uring backend: the recv in flight's user_data
+    cdef unsigned long long uring_sid    # io_uring backend: the SEND in flight's user_data
+    cdef Py_ssize_t uring_slen           # its length (the outbuf bytes the kernel may read)
+    cdef object uring_msg                # bytearray: msghdr + iovecs of a SENDMSG
     cdef TransportCore proto      # set: an asyncio transport's connection (reactor/transport.pyx)
     cdef readonly object close_error   # the OSError of the failed recv/send (e.g.
                                        # ConnectionResetError), else None

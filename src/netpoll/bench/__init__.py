@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -53,6 +55,7 @@ examples:
   python -m netpoll bench                      # ~75 s (~100 s with sync handlers)
   python -m netpoll bench --quick              # ~15 s smoke run
   python -m netpoll bench --cases rpc --connections 500 --json out.json
+  python -m netpoll bench --backends io_uring  # netpoll on io_uring only
 """
 
 
@@ -100,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BYTES",
         help="message/payload size for every case (default: echo 1024, rpc 64)",
     )
+    load.add_argument(
+        "--backends",
+        default=None,
+        metavar="epoll,io_uring",
+        help="netpoll's poller backends, side by side (default: epoll and, where the "
+        "kernel allows it, io_uring; rows of io_uring peers end in -io_uring)",
+    )
     args = parser.parse_args(argv)
     h.resolve_run_arguments(args)
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
@@ -126,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     loops = [False, True] if uv else [False]
+    backends = _backends(args.backends, parser)
 
     def peers(kind: str, netpoll: Callable[[bool, str], h.ServerSpec]) -> list[h.ServerSpec]:
-        specs = [netpoll(loop, style) for style in h.HANDLER_STYLES for loop in loops]
+        specs = [
+            _on_backend(netpoll(loop, style), backend)
+            for style in h.HANDLER_STYLES
+            for backend in backends
+            for loop in loops
+        ]
         specs += [h.peer_spec(kind)]
         specs += [h.peer_spec(kind, True)] if uv else []
         specs += [h.peer_spec(kind, uv, aiofastnet=True)] if afn else []
@@ -203,6 +219,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     h.report(result, columns, args, meta, title=title)
     return 1 if any(r.get("errors") for r in rows) else 0
+
+
+def _backends(raw: str | None, parser: argparse.ArgumentParser) -> list[str]:
+    """The backends to run netpoll on: --backends, else epoll and (if usable) io_uring."""
+    if raw is not None:
+        wanted = [b.strip() for b in raw.split(",") if b.strip()]
+        if not wanted or set(wanted) - {"epoll", "io_uring"}:
+            parser.error("--backends takes epoll, io_uring or epoll,io_uring")
+        return wanted
+    try:
+        from netpoll import _core
+
+        why = _core._uring_probe()[1]
+    except ImportError as exc:  # not built: the netpoll peers are skipped anyway
+        why = str(exc)
+    if why:
+        print(f"note: io_uring unavailable here ({why}): epoll only", file=sys.stderr)
+        return ["epoll"]
+    return ["epoll", "io_uring"]
+
+
+def _on_backend(spec: Any, backend: str) -> Any:
+    """`spec` with NETPOLL_BACKEND=backend (named ...-io_uring unless epoll)."""
+    if backend == "epoll":
+        return replace(spec, env={**(spec.env or {}), "NETPOLL_BACKEND": "epoll"})
+    return replace(spec, name=f"{spec.name}-{backend}",
+                   env={**(spec.env or {}), "NETPOLL_BACKEND": backend})
 
 
 def _size(n: int) -> str:

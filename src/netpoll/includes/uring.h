@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/socket.h>
 #include <linux/io_uring.h>
 
 typedef struct np_ring {
@@ -348,6 +349,8 @@ static inline void np_pbuf_teardown(np_ring *r, np_pbuf *b)
         np_ring_cancel_all(r);
         np_ring_exit(r);
     }
+    if (b == NULL)
+        return;
     if (b->mem) munmap(b->mem, b->mem_sz);
     if (b->br) munmap(b->br, b->br_sz);
     memset(b, 0, sizeof(*b));
@@ -374,6 +377,32 @@ static inline void np_sqe_recv_once(struct io_uring_sqe *sqe, int fd,
     sqe->flags = IOSQE_BUFFER_SELECT;
     sqe->buf_group = 0;
     sqe->ioprio = IORING_RECVSEND_POLL_FIRST;
+    sqe->user_data = user_data;
+}
+
+/* Gathered output: a SEND (one iovec) or SENDMSG, MSG_DONTWAIT so that a full
+ * socket completes at once with -EAGAIN or a short count (REQ_F_NOWAIT: the
+ * ring does not park it on a poll), exactly like send(2). The kernel reads
+ * `buf` (or msg and its iovecs, copied at issue) until the CQE. */
+static inline void np_sqe_send(struct io_uring_sqe *sqe, int fd, const void *buf, unsigned len,
+                               unsigned long long user_data)
+{
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = fd;
+    sqe->addr = (unsigned long long)(unsigned long)buf;
+    sqe->len = len;
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+    sqe->user_data = user_data;
+}
+
+static inline void np_sqe_sendmsg(struct io_uring_sqe *sqe, int fd, const struct msghdr *msg,
+                                  unsigned long long user_data)
+{
+    sqe->opcode = IORING_OP_SENDMSG;
+    sqe->fd = fd;
+    sqe->addr = (unsigned long long)(unsigned long)msg;
+    sqe->len = 1;
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT;
     sqe->user_data = user_data;
 }
 

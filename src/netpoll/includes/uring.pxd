@@ -9,6 +9,8 @@ cdef extern from "<linux/io_uring.h>" nogil:
         IORING_OP_POLL_REMOVE
         IORING_OP_RECV
         IORING_OP_ASYNC_CANCEL
+        IORING_OP_SEND
+        IORING_OP_SENDMSG
         IORING_CQE_F_BUFFER
         IORING_CQE_BUFFER_SHIFT
         IORING_SETUP_CLAMP
@@ -63,5 +65,8 @@ cdef extern from "uring.h" nogil:
     void np_pbuf_teardown(np_ring* r, np_pbuf* b)
     void np_sqe_recv_multishot(io_uring_sqe* sqe, int fd, unsigned long long user_data)
     void np_sqe_recv_once(io_uring_sqe* sqe, int fd, unsigned long long user_data)
+    void np_sqe_send(io_uring_sqe* sqe, int fd, const void* buf, unsigned int len,
+                     unsigned long long user_data)
+    void np_sqe_sendmsg(io_uring_sqe* sqe, int fd, const void* msg, unsigned long long user_data)
     void np_sqe_cancel(io_uring_sqe* sqe, unsigned long long target,
                        unsigned long long user_data)

@@ -323,6 +323,8 @@ cdef class Connection:
         cdef int cnt, err
         if self.tls_layer is not None:
             return tls_send_out(self)                # encrypt, then send
+        if self.uring_sid:
+            return 1          # io_uring: a SEND is in flight; its CQE continues (in order)
         memset(&msg, 0, sizeof(msg))
         while self.outbuf.length:
             cnt = self.outbuf.fill_iovecs(iov, MAX_IOV, &total)
@@ -1219,6 +1221,8 @@ cdef class Connection:
         if self.writing:
             self.check_write_limit()
             return None
+        if self.poller.in_pass and self.poller.ring.send and self.tls_layer is None:
+            return uring_send(self.poller, self)     # io_uring: one submit for the pass
         r = self.send_out()
         if r == 0:
             return None

@@ -60,7 +60,7 @@ cdef class Poller:
             self.ring = _Ring(URING_ENTRIES, _recv_model_wanted())
             self.uring = True
             self.polls = {}
-            self.next_id = 2          # even: polls; odd (| 1): receives
+            self.next_id = 4          # a multiple of 4; the low two bits say the kind (ID_POLL...)
             self.epfd = self.ring.r.fd
         else:
             self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -192,6 +192,8 @@ cdef class Poller:
     cdef int forget(self, Connection c) except -1:
         """c is finished: drop the strong reference (never inside the walk)."""
         self.conns.discard(c)
+        if c.uring_sid:
+            uring_park_send(self, c)      # its output stays alive until the SEND's CQE
         if NETPOLL_DEBUG:
             self.live_ptrs.discard(<Py_ssize_t><void*>c)
         if self.retired and not self.conns:

@@ -34,10 +34,10 @@
 # ------------------------------
 # With epoll, EPOLL_CTL_DEL is synchronous; with io_uring a removed poll's CQE
 # (-ECANCELED) can arrive a pass later, after the connection is gone. So the
-# CQE user_data is not a pointer but a poll id: `Poller.polls` maps id ->
-# Connection (a strong reference) while the poll is armed. A CQE whose id is
-# not in the map (a removed or replaced poll) is dropped without touching any
-# connection. Poll requests reference no user memory, so cancellation needs no
+# CQE user_data is not a pointer but a request id: the ring's request table
+# (_Ring.req_new) holds the Connection (a strong reference) while the request
+# is armed. A CQE whose id is no longer in the table (a removed or replaced
+# request) is dropped without touching any connection. Poll requests reference no user memory, so cancellation needs no
 # waiting: the kernel only holds a reference to the *file*. That is why
 # Poller.remove submits its POLL_REMOVE at once, before close(2): until the
 # poll is cancelled the socket stays open in the kernel.
@@ -51,12 +51,19 @@
 # NETPOLL_URING_RECV=0 keeps the poll-only model above): input comes from a
 # RECV with IOSQE_BUFFER_SELECT (multishot; one-shot for connections with a
 # read limit) into a provided-buffer ring, copied into the input LinkBuffer;
-# polls are armed only for EPOLLOUT. Buffer ownership, cancellation and
+# polls are armed only for EPOLLOUT. Output: flush_nowait inside the pass
+# queues a SEND (see "gathered sends" below), submitted with the round's one
+# io_uring_enter. Request ids, buffer and output ownership, cancellation and
 # teardown: docs/design.md, "The io_uring backend". Not done: multishot accept
-# (the listener is still polled by the asyncio loop) and SEND SQEs gathered
-# per pass (send(2) stays a system call made by Connection.send_out).
+# (the listener is still polled by the asyncio loop), zero-copy hand-over of
+# provided buffers to the LinkBuffer, SEND_ZC.
 
 cdef enum:
+    # the low two bits of a request's user_data say what it is (0 is a cancel's)
+    ID_POLL = 0
+    ID_RECV = 1
+    ID_SEND = 2
+    ID_KIND = 3
     URING_ENTRIES = 4096
     URING_REAP = 256
     URING_NBUFS = 512           # provided buffers per poller (a power of two)
@@ -120,6 +127,35 @@ cdef bint _recv_model_wanted():
     return (major, minor) >= (6, 0)
 
 
+cdef Py_ssize_t uring_requests = 0     # requests in flight, over all rings
+cdef Py_ssize_t uring_parked = 0       # outputs of finished connections awaiting a SEND's CQE
+cdef Py_ssize_t uring_enobufs = 0      # RECVs ended by an empty provided-buffer ring (re-armed)
+
+
+@cython.binding(True)
+def _uring_debug():
+    """Counters that return to zero once every connection is gone (tests)."""
+    return {"requests": uring_requests, "parked_outputs": uring_parked,
+            "enobufs": uring_enobufs}
+
+
+cdef unsigned int _env_nbufs() except 0:
+    # NETPOLL_URING_BUFS: provided buffers per poller (a power of two, 1..32768);
+    # tests use a tiny ring to make it run dry (ENOBUFS)
+    raw = os.environ.get("NETPOLL_URING_BUFS", "")
+    if not raw:
+        return URING_NBUFS
+    n = int(raw)
+    if n < 1 or n > 32768 or n & (n - 1):
+        raise ValueError(f"NETPOLL_URING_BUFS={raw!r}: expected a power of two, 1..32768")
+    return n
+
+
+cdef bint _send_model_wanted():
+    # NETPOLL_URING_SEND=0: flush_nowait sends with send(2) at once (for comparison)
+    return os.environ.get("NETPOLL_URING_SEND", "1") != "0"
+
+
 @cython.final
 cdef class _Ring:
 
@@ -127,13 +163,14 @@ cdef class _Ring:
         cdef int rc = np_ring_init(&self.r, entries, IORING_SETUP_CLAMP)
         if rc < 0:
             raise oserror(-rc, "io_uring_setup")
+        self.send = _send_model_wanted()
         self.ncqes = URING_REAP
         self.cqes = <np_cqe*>c_malloc(sizeof(np_cqe) * self.ncqes)
         if self.cqes == NULL:
             np_ring_exit(&self.r)
             raise MemoryError()
         if want_recv:
-            rc = np_pbuf_init(&self.r, &self.pb, URING_NBUFS, URING_BUFSZ)
+            rc = np_pbuf_init(&self.r, &self.pb, _env_nbufs(), URING_BUFSZ)
             if rc == 0:
                 self.recv = True
             else:
@@ -141,19 +178,21 @@ cdef class _Ring:
                                     "poll-only model", os.strerror(-rc))
 
     def __dealloc__(self):
-        self._teardown()
+        self._teardown()         # before `reqs` (owners of memory in use) goes
         if self.cqes != NULL:
             free(self.cqes)
             self.cqes = NULL
+        free(self.req_ids)
+        free(self.free_slots)
+        self.req_ids = NULL
+        self.free_slots = NULL
 
     cdef void _teardown(self) noexcept:
-        # Never unmap a buffer the kernel may still write into: cancel every
-        # request synchronously and close the ring first (np_pbuf_teardown).
-        if self.recv:
-            np_pbuf_teardown(&self.r, &self.pb)
-            self.recv = False
-        else:
-            np_ring_exit(&self.r)
+        # Never unmap (or let go of) memory the kernel may still use - a provided
+        # buffer it writes, a send's output it reads: cancel every request
+        # synchronously and close the ring first (np_pbuf_teardown), in both models.
+        np_pbuf_teardown(&self.r, &self.pb)
+        self.recv = False
 
     cdef io_uring_sqe* sqe(self) except NULL:
         cdef io_uring_sqe* s
@@ -177,12 +216,111 @@ cdef class _Ring:
         elif np_ring_pending(&self.r) == 0:
             return 0
         rc = np_ring_submit(&self.r, 0, flags)
-        if rc < 0 and rc != -_errno.EBUSY and rc != -_errno.EAGAIN:
-            raise oserror(-rc, "io_uring_enter")
-        return 0
+        if rc < 0:
+            if rc != -_errno.EBUSY and rc != -_errno.EAGAIN:
+                raise oserror(-rc, "io_uring_enter")
+            return 0
+        return rc
 
     cdef int close(self) except -1:
         self._teardown()
+        self.reqs_clear()        # after the synchronous cancel: nothing is in use now
+        return 0
+
+    # -- the request table ---------------------------------------------------------
+    # A request's user_data is generation << 32 | slot << 2 | kind. The slot
+    # holds a strong reference to the request's owner (its Connection, or a
+    # parked output LinkBuffer) until the request's final CQE or its removal; a
+    # late CQE of a removed request finds another generation in its slot (or
+    # a free slot) and is dropped. A C array and a list instead of a dict keyed
+    # by ever-growing ids: no int objects, no rehashing.
+
+    cdef unsigned long long req_new(self, object owner, unsigned int kind) except 0:
+        global uring_requests
+        cdef unsigned int slot, i, n
+        cdef unsigned long long* ids
+        cdef unsigned int* free_
+        cdef unsigned long long ud
+        if self.nfree == 0:
+            n = self.nslots * 2 if self.nslots else 256
+            if n > (1u << 29):
+                raise MemoryError("io_uring: too many requests in flight")
+            ids = <unsigned long long*>realloc(self.req_ids, sizeof(unsigned long long) * n)
+            if ids == NULL:
+                raise MemoryError()
+            self.req_ids = ids
+            free_ = <unsigned int*>realloc(self.free_slots, sizeof(unsigned int) * n)
+            if free_ == NULL:
+                raise MemoryError()
+            self.free_slots = free_
+            if self.reqs is None:
+                self.reqs = []
+            self.reqs.extend([None] * (n - self.nslots))
+            i = n
+            while i > self.nslots:       # lowest slots handed out first
+                i -= 1
+                self.req_ids[i] = 0
+                self.free_slots[self.nfree] = i
+                self.nfree += 1
+            self.nslots = n
+        self.nfree -= 1
+        slot = self.free_slots[self.nfree]
+        self.gen += 1
+        ud = ((self.gen & 0xffffffffULL) << 32) | (<unsigned long long>slot << 2) | kind
+        if ud >> 32 == 0:
+            self.gen += 1
+            ud |= (self.gen & 0xffffffffULL) << 32
+        self.req_ids[slot] = ud
+        self.reqs[slot] = owner
+        self.live += 1
+        uring_requests += 1
+        return ud
+
+    cdef object req_get(self, unsigned long long ud):
+        cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
+        if slot >= self.nslots or self.req_ids[slot] != ud:
+            return None
+        return <object>PyList_GET_ITEM(self.reqs, slot)
+
+    cdef int req_set(self, unsigned long long ud, object owner) except -1:
+        # only uring_park_send: the owner becomes a parked output LinkBuffer
+        global uring_parked
+        cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
+        if slot < self.nslots and self.req_ids[slot] == ud:
+            self.reqs[slot] = owner
+            uring_parked += 1
+            self.parked += 1
+        return 0
+
+    cdef void req_end(self, unsigned long long ud) noexcept:
+        global uring_requests, uring_parked
+        cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
+        if ud == 0 or slot >= self.nslots or self.req_ids[slot] != ud:
+            return
+        self.req_ids[slot] = 0
+        if type(self.reqs[slot]) is not Connection:
+            uring_parked -= 1
+            self.parked -= 1
+        self.reqs[slot] = None
+        self.free_slots[self.nfree] = slot
+        self.nfree += 1
+        self.live -= 1
+        uring_requests -= 1
+
+    cdef int reqs_clear(self) except -1:
+        global uring_requests, uring_parked
+        cdef unsigned int i
+        uring_requests -= self.live
+        uring_parked -= self.parked
+        self.parked = 0
+        for i in range(self.nslots):
+            if self.req_ids[i]:
+                self.req_ids[i] = 0
+                self.free_slots[self.nfree] = i
+                self.nfree += 1
+        self.live = 0
+        if self.reqs is not None:
+            self.reqs[:] = [None] * len(self.reqs)
         return 0
 
 
@@ -202,13 +340,11 @@ cdef int uring_sync(Poller p, Connection c) except -1:
         if want & EPOLLIN:
             if not c.uring_rid:
                 sqe = p.ring.sqe()
-                pid = p.next_id | 1
-                p.next_id += 2
+                pid = p.ring.req_new(c, ID_RECV)
                 if c.read_limit:
                     np_sqe_recv_once(sqe, c.fd, pid)      # bounded input: a buffer per arm
                 else:
                     np_sqe_recv_multishot(sqe, c.fd, pid)
-                p.polls[pid] = c
                 c.uring_rid = pid
         elif c.uring_rid and not c.uring_rstop:
             # reading paused: cancel, but keep the id until the final CQE, so
@@ -217,14 +353,14 @@ cdef int uring_sync(Poller p, Connection c) except -1:
             sqe = p.ring.sqe()
             np_sqe_cancel(sqe, c.uring_rid, 0)
             c.uring_rstop = True
+    if c.uring_sid:
+        pollmask &= ~EPOLLOUT     # a SEND is in flight: its CQE is the writable event
     if c.uring_armed != pollmask:
         uring_disarm(p, c)
         if pollmask:
             sqe = p.ring.sqe()
-            pid = p.next_id
-            p.next_id += 2
+            pid = p.ring.req_new(c, ID_POLL)
             np_sqe_poll_add(sqe, c.fd, pollmask, pid)
-            p.polls[pid] = c
             c.uring_id = pid
             c.uring_armed = pollmask
     if not p.in_pass:
@@ -240,7 +376,7 @@ cdef int uring_cancel_recv(Poller p, Connection c) except -1:
     cdef io_uring_sqe* sqe
     cdef unsigned long long rid = c.uring_rid
     if rid:
-        p.polls.pop(rid, None)
+        p.ring.req_end(rid)
         c.uring_rid = 0
         if p.ring.r.fd >= 0 and not c.uring_rstop:
             sqe = p.ring.sqe()
@@ -253,7 +389,7 @@ cdef int uring_disarm(Poller p, Connection c) except -1:
     """Queue a POLL_REMOVE for c's armed poll; its late CQEs find no connection."""
     cdef io_uring_sqe* sqe
     if c.uring_armed:
-        p.polls.pop(c.uring_id, None)
+        p.ring.req_end(c.uring_id)
         c.uring_armed = 0
         if p.ring.r.fd >= 0:
             sqe = p.ring.sqe()
@@ -296,22 +432,31 @@ cdef int uring_deliver(Connection c, char* data, Py_ssize_t n) except -1:
     return 0
 
 
-cdef Connection _uring_take(Poller p, dict polls, np_cqe* cq):
+cdef Connection _uring_take(_Ring ring, np_cqe* cq):
     # The connection a CQE is for (None: a cancel's or POLL_REMOVE's own CQE, or
     # a removed or replaced request); a final CQE ends its request.
     cdef unsigned long long pid = cq.user_data
+    cdef unsigned int kind
     cdef Connection c
     if pid == 0:
         return None
-    obj = polls.get(pid)
+    obj = ring.req_get(pid)
     if obj is None:
+        return None
+    if type(obj) is not Connection:
+        # the output of a connection finished while its SEND was in flight
+        # (uring_park_send): the kernel is done reading it now
+        ring.req_end(pid)
         return None
     c = <Connection>obj
     if not (cq.flags & IORING_CQE_F_MORE):
-        del polls[pid]
-        if pid & 1:
+        ring.req_end(pid)
+        kind = pid & ID_KIND
+        if kind == ID_RECV:
             c.uring_rid = 0
             c.uring_rstop = False
+        elif kind == ID_SEND:
+            c.uring_sid = 0
         else:
             c.uring_armed = 0
             c.uring_id = 0
@@ -319,10 +464,13 @@ cdef Connection _uring_take(Poller p, dict polls, np_cqe* cq):
 
 
 cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
-    # One CQE of c: a receive (odd id) or a poll (even id).
+    # One CQE of c: a send, a receive or a poll (the kind bits of its id).
+    global uring_enobufs
     cdef unsigned int ev
     cdef int res = cq.res
-    if cq.user_data & 1:
+    if cq.user_data & ID_KIND == ID_SEND:
+        return _uring_sent(p, c, res)
+    if cq.user_data & ID_KIND == ID_RECV:
         if cq.flags & IORING_CQE_F_BUFFER:
             if res > 0:
                 uring_deliver(c, np_pbuf_addr(&p.ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT), res)
@@ -332,7 +480,10 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
             c.mark_eof(None)
         elif res < 0 and res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
             c.mark_eof(sockerror(-res))
-        # -ENOBUFS: the ring ran dry; buffers are back by now, uring_sync re-arms
+        elif res == -_errno.ENOBUFS:
+            # the ring ran dry: this CQE ended the RECV; the walk gives the
+            # buffers of this batch back, then uring_sync re-arms it
+            uring_enobufs += 1
         return 0
     if res < 0:
         if res == -_errno.ECANCELED:
@@ -353,7 +504,6 @@ cdef int uring_walk(Poller p) except -1:
     """Reap one batch of CQEs and do its I/O (no user code: the caller runs the
     queues). Returns how many CQEs there were."""
     cdef _Ring ring = p.ring
-    cdef dict polls = p.polls
     cdef np_cqe* cq
     cdef Connection c
     cdef int i = 0
@@ -365,7 +515,7 @@ cdef int uring_walk(Poller p) except -1:
         while i < n:
             cq = &ring.cqes[i]
             i += 1
-            c = _uring_take(p, polls, cq)
+            c = _uring_take(ring, cq)
             try:
                 if c is not None:
                     _uring_complete(p, c, cq)
@@ -383,7 +533,7 @@ cdef int uring_walk(Poller p) except -1:
         while i < n:
             cq = &ring.cqes[i]
             i += 1
-            c = _uring_take(p, polls, cq)
+            c = _uring_take(ring, cq)
             if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
                 np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
             if c is not None and c.registered and p.epfd >= 0:
@@ -408,17 +558,130 @@ cdef int uring_take_input(Poller p) except -1:
 
 cdef int uring_pass(Poller p) except -1:
     """The I/O pass of an io_uring poller (Poller._on_ready says why it spins)."""
-    cdef int rounds = 0
+    cdef int rounds = 0, submitted
     p.in_pass = True
     try:
-        while rounds < p.spin and p.epfd >= 0:
-            p.ring.flush()        # the previous round's re-arms, in one io_uring_enter
+        while p.epfd >= 0:
+            # the previous round's SENDs, re-arms and changes, in one io_uring_enter
+            submitted = p.ring.flush()
+            if rounds >= p.spin and submitted == 0:
+                return 0
+            # A SEND (MSG_DONTWAIT) completes inside that io_uring_enter: reap its
+            # CQE now, in this pass - left in the ring it would wake the loop
+            # again just for the bookkeeping (a second wake-up per request).
             if not uring_walk(p):
                 return 0
             rounds += 1
             p.run_pending()
+            if rounds >= p.spin + 4:
+                return 0          # fairness: the rest waits for the next pass
     finally:
         p.in_pass = False
         if p.epfd >= 0:
             p.ring.flush()         # re-arms and changes queued by the handlers
+    return 0
+
+
+# -- gathered sends -------------------------------------------------------------------
+#
+# flush_nowait inside the pass (plain handlers; async handlers' flush() keeps
+# send(2), so a flush that completes at once still completes at once) queues a
+# SEND of the output instead of calling send(2); the pass submits every queued
+# SQE with one io_uring_enter. At most one SEND per connection is in flight
+# (c.uring_sid), so output stays in order; what is written meanwhile goes with
+# the next SEND, queued from the CQE. The SEND is MSG_DONTWAIT: a full socket
+# completes at once with -EAGAIN or a short count, and the connection then
+# waits for EPOLLOUT exactly as after a short send(2) (writing, the write
+# timeout, the write limit). Ownership: the kernel may read c.outbuf's first
+# uring_slen bytes until the CQE; they are consumed only then. A connection
+# finished before that parks its output LinkBuffer in p.polls under the SEND's
+# id (uring_park_send); the CQE drops it. Ring teardown cancels synchronously
+# before anything is let go.
+
+cdef int uring_send(Poller p, Connection c) except -1:
+    """Queue c's output as one SEND/SENDMSG (nothing if one is in flight)."""
+    cdef io_uring_sqe* sqe
+    cdef iovec* iov
+    cdef msghdr* msg
+    cdef Py_ssize_t total
+    cdef int cnt
+    cdef unsigned long long sid
+    if c.uring_sid:
+        return 0                 # in flight: the rest follows its CQE, in order
+    if c.outbuf.length == 0:
+        c.outbuf.release_all()
+        return 0
+    if c.uring_msg is None:
+        c.uring_msg = bytearray(sizeof(msghdr) + sizeof(iovec) * MAX_IOV)
+    msg = <msghdr*>PyByteArray_AS_STRING(c.uring_msg)
+    iov = <iovec*>(<char*>msg + sizeof(msghdr))
+    cnt = c.outbuf.fill_iovecs(iov, MAX_IOV, &total)
+    sqe = p.ring.sqe()
+    sid = p.ring.req_new(c, ID_SEND)
+    if cnt == 1:
+        if iov[0].iov_len > (1 << 30):
+            iov[0].iov_len = 1 << 30
+        total = iov[0].iov_len
+        np_sqe_send(sqe, c.fd, iov[0].iov_base, <unsigned int>total, sid)
+    else:
+        memset(msg, 0, sizeof(msghdr))
+        msg.msg_iov = iov
+        msg.msg_iovlen = cnt
+        np_sqe_sendmsg(sqe, c.fd, msg, sid)
+    c.uring_sid = sid
+    c.uring_slen = total
+    return 0
+
+
+cdef int _uring_sent(Poller p, Connection c, int res) except -1:
+    # The CQE of c's SEND: the kernel is done with its bytes.
+    cdef Py_ssize_t slen = c.uring_slen
+    cdef double due
+    c.uring_slen = 0
+    if c.finished:
+        return 0
+    if res > 0:
+        c.outbuf.consume(res)
+    if c.closed_by:
+        return 0
+    if res < 0 and res != -_errno.EAGAIN:
+        if c.writing:
+            c.on_writable()       # send(2) reports the error to the flush waiting
+        else:
+            c.mark_eof(sockerror(-res))
+        return 0
+    if c.writing:
+        c.on_writable()           # a flush waits or EPOLLOUT is awaited: the usual path
+        return 0
+    if c.outbuf.length == 0:
+        c.outbuf.release_all()
+        if c.idle_timeout > 0:
+            c.last_active = monotonic()
+        if c.close_when_done and not c.processing:
+            c.close()
+        return 0
+    if res == slen and p.in_pass:
+        return uring_send(p, c)   # written meanwhile: the next SEND
+    # the socket is full (EAGAIN or a short send): wait for EPOLLOUT, as
+    # flush_nowait does after a short send(2)
+    c.writing = True
+    c.update_events()
+    if c.write_timer is None:
+        c.write_wait_start = monotonic()
+        due = c.write_due()
+        if due > 0:
+            c.write_timer = p.timers.push(due, c, T_WRITE, _NOWAIT)
+    c.check_write_limit()
+    return 0
+
+
+cdef int uring_park_send(Poller p, Connection c) except -1:
+    """c is finished with a SEND in flight: keep its output alive until the CQE."""
+    cdef LinkBuffer out = c.outbuf
+    if c.uring_sid:
+        p.ring.req_set(c.uring_sid, out)
+        c.outbuf = LinkBuffer.__new__(LinkBuffer)
+        c.outbuf.c_close()
+        c.uring_sid = 0
+        c.uring_slen = 0
     return 0
