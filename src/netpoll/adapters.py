@@ -58,8 +58,6 @@ import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from typing_extensions import Buffer
-
 from netpoll._buffer import LinkBuffer
 from netpoll._core import Connection
 from netpoll.errors import EndOfStreamError, NotEnoughDataError
@@ -85,6 +83,8 @@ _CHUNK = 64 * 1024          # bytes asked of a source per read when less is miss
 _STREAM_LIMIT = 2 ** 16     # asyncio's default StreamReader limit
 
 if TYPE_CHECKING:
+    from typing_extensions import Buffer  # annotations only: not a runtime dependency
+
     # the concrete classes have the shapes the protocols describe
     def _conforms(c: Connection, b: LinkBuffer, s: SourceReadWriter) -> None:
         _r: Reader = c

@@ -36,11 +36,12 @@ and are not ``runtime_checkable``.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Protocol
-
-from typing_extensions import Buffer
+from typing import TYPE_CHECKING, Protocol
 
 from netpoll._buffer import LinkBuffer
+
+if TYPE_CHECKING:   # annotations only: typing_extensions is not a runtime dependency
+    from typing_extensions import Buffer
 
 __all__ = ["BufferReader", "BufferWriter", "ReadWriter", "Reader", "Writer"]
 
