@@ -124,6 +124,7 @@ cdef class TransportCore:
         cdef Py_ssize_t n
         if self.conn_lost or self.protocol is None or c.finished:
             return 0
+        _task_slot_clear(c.poller)              # protocol callbacks run with no current task
         if self.write_failed:
             self.write_failed = False
             return self.c_fatal_error(c.close_error, "Fatal write error on socket transport")
