@@ -54,7 +54,7 @@ had other processes competing for the CPUs (numbers suspect).
 
 _EPILOG = """\
 examples:
-  python -m netpoll bench                      # ~3 min (both backends; --backends epoll: ~100 s)
+  python -m netpoll bench                      # ~100 s per backend; both by default
   python -m netpoll bench --quick              # ~15 s smoke run
   python -m netpoll bench --cases rpc --connections 500 --json out.json
   python -m netpoll bench --backends io_uring  # netpoll on io_uring only
