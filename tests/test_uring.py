@@ -267,7 +267,8 @@ def counters_zero() -> bool:
 
 @needs_uring
 def test_gathered_sends_stay_in_order_through_partial_sends(run: Any, uring: None) -> None:
-    """Every request answers with several flush_nowait()s of numbered blocks; the
+    """Every request answers with several flush_nowait()s of numbered 11 KiB blocks
+    (below URING_GATHER_MAX, so they are gathered SENDs); the
     peer reads slowly, so SENDs come back short or with EAGAIN and the rest goes
     by EPOLLOUT: the stream must arrive whole and in order."""
     def on_request(ctx: Any, conn: Connection) -> None:
@@ -275,7 +276,7 @@ def test_gathered_sends_stay_in_order_through_partial_sends(run: Any, uring: Non
         while len(buf) >= 4:
             n = int.from_bytes(buf.next(4), "big")
             for part in range(8):
-                conn.write_binary(b"%08d:%d|" % (n, part) * 2048)
+                conn.write_binary(b"%08d:%d|" % (n, part) * 1024)
                 conn.flush_nowait()
 
     async def main() -> None:
@@ -285,7 +286,7 @@ def test_gathered_sends_stay_in_order_through_partial_sends(run: Any, uring: Non
         await asyncio.sleep(0.2)          # not reading: the socket fills, SENDs come back short
         for n in range(40):
             for part in range(8):
-                block = b"%08d:%d|" % (n, part) * 2048
+                block = b"%08d:%d|" % (n, part) * 1024
                 assert await r.readexactly(len(block)) == block
         w.close()
         await stop(el, task)
@@ -333,13 +334,13 @@ def test_close_right_after_a_gathered_send(run: Any, uring: None) -> None:
             peers[data] = conn
             return
         if data == b"bye":
-            conn.write_binary(b"x" * 300_000)
+            conn.write_binary(b"x" * 12_000)      # below URING_GATHER_MAX: a SEND
             conn.flush_nowait()
             conn.close()
             return
         if data == b"kill":                   # answer the others, then close them
             for other in peers.values():
-                other.write_binary(b"y" * 100_000)
+                other.write_binary(b"y" * 12_000)
                 other.flush_nowait()
                 other.close()
             conn.write_binary(b"done")
@@ -356,7 +357,7 @@ def test_close_right_after_a_gathered_send(run: Any, uring: None) -> None:
                 if not more:
                     break
                 data += more
-            assert data == b"x" * 300_000
+            assert data == b"x" * 12_000
             w.close()
         others = []
         for i in range(5):

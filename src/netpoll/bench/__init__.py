@@ -12,7 +12,8 @@ Peers: netpoll on the asyncio loop and on uvloop, with its async handler and
 asyncio and uvloop Protocol servers from `netpoll.bench.peers`; the uvloop
 Protocol server on aiofastnet's transports (the closest competitor: Cython
 transports inside an asyncio loop, like netpoll); and a C epoll echo server
-(the ceiling).  The load generator is a small C program; both C tools are compiled
+(the ceiling).  Every netpoll peer runs on the epoll backend and, where the kernel
+allows it, on io_uring (``--backends``).  The load generator is a small C program; both C tools are compiled
 on first use with the system ``cc`` and cached.  The full matrices live in the
 repository's ``benchmarks/`` directory.
 """
@@ -36,7 +37,8 @@ Cases (both ping-pong, one request in flight per connection):
   rpc    64 B framed requests (4-byte big-endian length + payload) over 100
          connections; the server decodes each request and encodes a new response
 Peers: netpoll (asyncio loop, uvloop) with the async handler, and with the plain
-(sync) handler where the server offers --handler sync; asyncio Protocol; uvloop
+(sync) handler where the server offers --handler sync, each on the epoll backend and
+(where the kernel allows it) on io_uring (rows ending in -io_uring; --backends); asyncio Protocol; uvloop
 Protocol; aiofastnet (uvloop Protocol on aiofastnet's transports; on asyncio if
 uvloop is missing); a C epoll echo server, the ceiling.  Missing optional
 packages (uvloop, aiofastnet) skip their peers with a note.
@@ -52,7 +54,7 @@ had other processes competing for the CPUs (numbers suspect).
 
 _EPILOG = """\
 examples:
-  python -m netpoll bench                      # ~75 s (~100 s with sync handlers)
+  python -m netpoll bench                      # ~100 s per backend; both by default
   python -m netpoll bench --quick              # ~15 s smoke run
   python -m netpoll bench --cases rpc --connections 500 --json out.json
   python -m netpoll bench --backends io_uring  # netpoll on io_uring only

@@ -1221,7 +1221,8 @@ cdef class Connection:
         if self.writing:
             self.check_write_limit()
             return None
-        if self.poller.in_pass and self.poller.ring.send and self.tls_layer is None:
+        if self.poller.in_pass and self.poller.ring.send and self.tls_layer is None \
+                and (self.uring_sid or self.outbuf.length < URING_GATHER_MAX):
             return uring_send(self.poller, self)     # io_uring: one submit for the pass
         r = self.send_out()
         if r == 0:

@@ -68,6 +68,10 @@ cdef enum:
     URING_REAP = 256
     URING_NBUFS = 512           # provided buffers per poller (a power of two)
     URING_BUFSZ = 8192          # bytes each: 4 MiB per poller
+    # flush_nowait gathers outputs below this into the pass's SENDs; a larger one
+    # goes out with send(2) at once (its syscall is amortised over the bytes, and
+    # at 16 KiB x 500 gathered SENDs measured 0.65x epoll, this 0.89x)
+    URING_GATHER_MAX = 16384
 
 cdef tuple _uring_status = None        # (errno, reason) or (0, "") once probed
 
