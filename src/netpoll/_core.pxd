@@ -261,12 +261,12 @@ cdef class Connection:
     # the state table (connection.pyx): written by Connection methods only.
     # The small fields are packed together (flags are one-byte C bools): an idle
     # connection is mostly this object (benchmarks/idle.py)
-    cdef int closed_by            # CloseBy
-    cdef int connect_state        # ConnectState
     cdef unsigned int events
     cdef unsigned int uring_armed        # io_uring backend: the armed poll's mask (0: none)
     cdef int book_size            # input booking sizes; <= BOOK_MAX (config.buffer_size is too)
     cdef int max_size
+    cdef unsigned char closed_by  # CloseBy (one byte: an idle connection is mostly this object)
+    cdef unsigned char connect_state  # ConnectState
     cdef flag processing          # a handler chain is in progress
     cdef flag peer_eof            # the peer finished sending
     cdef flag draining            # server shutdown: no new input is taken in
@@ -289,7 +289,6 @@ cdef class Connection:
                                   # closing, EOF handed over): EPOLLIN off
 
     cdef Poller poller
-    cdef object loop
     cdef LinkBuffer inbuf         # _NO_INPUT until the first input (reactor/connection.pyx)
     cdef LinkBuffer outbuf        # _NO_OUTPUT until the first write
     cdef Handler handler          # made on the first handler start (idle connections have none)
@@ -298,7 +297,6 @@ cdef class Connection:
     cdef object on_request
     cdef object on_connect
     cdef object on_disconnect
-    cdef object runner            # None (inline), "task" or a callable (EventLoop runner=)
     cdef list close_callbacks
     cdef EventLoop server
     cdef str network
@@ -306,8 +304,7 @@ cdef class Connection:
     cdef unsigned long long uring_id     # io_uring backend: the armed poll's user_data
     cdef unsigned long long uring_rid    # io_uring backend: the recv in flight's user_data
     cdef unsigned long long uring_sid    # io_uring backend: the SEND in flight's user_data
-    cdef Py_ssize_t uring_slen           # its length (the outbuf bytes the kernel may read)
-    cdef object uring_msg                # bytearray: msghdr + iovecs of a SENDMSG
+    cdef object uring_msg                # bytearray: the SEND's length, then msghdr + iovecs
     cdef TransportCore proto      # set: an asyncio transport's connection (reactor/transport.pyx)
     cdef readonly object close_error   # the OSError of the failed recv/send (e.g.
                                        # ConnectionResetError), else None
@@ -331,8 +328,7 @@ cdef class Connection:
     cdef Py_ssize_t write_limit
     cdef Py_ssize_t rx_total      # bytes received
 
-    cdef object _local_addr
-    cdef object _remote_addr
+    cdef list _addr_pair          # [local, remote] once looked up (None: not yet)
     cdef TLSLayer tls_layer       # None on plaintext (reactor/tls.pyx)
     cdef object __weakref__
 

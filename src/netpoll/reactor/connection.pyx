@@ -90,7 +90,6 @@ cdef class Connection:
 
     cdef int setup(self, int fd, object loop, str network, EventLoop server) except -1:
         self.fd = fd
-        self.loop = loop
         self.network = network
         self.server = server
         self.poller = pick_poller(loop)
@@ -395,12 +394,12 @@ cdef class Connection:
             return 0
         if self.on_request is None and (self.on_connect is None or self.connect_state):
             return 0
-        if self.handler is None and self.connect_state == CS_CONNECTED and self.runner is None:
+        if self.handler is None and self.connect_state == CS_CONNECTED and _runner_of(self) is None:
             return self.run_plain()
         if self.handler is None:
             if self.server is not None:
                 self.context = self.context.copy()      # one Context per connection
-            self.handler = Handler(self, self.loop)
+            self.handler = Handler(self, self.poller.loop)
         self.processing = True
         self.handler.run()
         return 0
@@ -421,7 +420,7 @@ cdef class Connection:
             try:
                 res = self.on_request(self.ctx, self)
             except BaseException as exc:
-                h = self.handler = Handler(self, self.loop)
+                h = self.handler = Handler(self, self.poller.loop)
                 h.phase = PH_REQUEST
                 h.on_error(exc)
                 h.finish()
@@ -429,7 +428,7 @@ cdef class Connection:
             if res is not None and (PyCoro_CheckExact(res) or hasattr(res, "__await__")):
                 if self.server is not None:
                     self.context = self.context.copy()
-                h = self.handler = Handler(self, self.loop)
+                h = self.handler = Handler(self, self.poller.loop)
                 h.phase = PH_REQUEST
                 h.consumed_mark = gen
                 h.rx_mark = rx
@@ -486,7 +485,7 @@ cdef class Connection:
         try:
             res = cb(self.ctx, self)
             if res is not None and hasattr(res, "__await__"):
-                task = asyncio.ensure_future(res, loop=self.loop)
+                task = asyncio.ensure_future(res, loop=self.poller.loop)
                 task.add_done_callback(_log_task_error)
         except Exception as exc:
             config.logger.error("netpoll: on_disconnect raised (fd %d)", self.fd, exc_info=exc)
@@ -616,7 +615,8 @@ cdef class Connection:
         self.cancel_timers()
         self.poller.forget(self)
         if not self.detached and self.fd >= 0:
-            if self._remote_addr is None or self._local_addr is None:
+            pair = self._addr_pair
+            if pair is None or pair[0] is None or pair[1] is None:
                 try:
                     self._addrs()
                 except OSError:
@@ -797,10 +797,11 @@ cdef class Connection:
         if not callable(cb):
             raise TypeError(f"add_close_callback: expected a callable, not {type(cb).__name__}")
         if self.finished:
-            if self.loop is None or self.loop.is_closed():
+            loop = self.poller.loop if self.poller is not None else None
+            if loop is None or loop.is_closed():
                 _run_close_callback(cb, self)
             else:
-                self.loop.call_soon(_run_close_callback, cb, self)
+                loop.call_soon(_run_close_callback, cb, self)
         elif self.close_callbacks is None:
             self.close_callbacks = [cb]
         else:
@@ -821,15 +822,19 @@ cdef class Connection:
         return fd
 
     cdef int _addrs(self) except -1:
+        # both addresses live in one list made on first use (an idle connection has none)
+        if self._addr_pair is None:
+            self._addr_pair = [None, None]
+        pair = self._addr_pair
         s = socket.socket(fileno=self.fd)
         try:
-            if self._local_addr is None:
-                self._local_addr = _addr(s.getsockname())
-            if self._remote_addr is None:
+            if pair[0] is None:
+                pair[0] = _addr(s.getsockname())
+            if pair[1] is None:
                 try:
-                    self._remote_addr = _addr(s.getpeername())
+                    pair[1] = _addr(s.getpeername())
                 except OSError:
-                    self._remote_addr = None
+                    pair[1] = None
         finally:
             s.detach()
         return 0
@@ -837,16 +842,16 @@ cdef class Connection:
     @property
     def local_addr(self):
         """(host, port) for TCP, the path for Unix sockets."""
-        if self._local_addr is None and not self.finished:
+        if (self._addr_pair is None or self._addr_pair[0] is None) and not self.finished:
             self._addrs()
-        return self._local_addr
+        return self._addr_pair[0] if self._addr_pair is not None else None
 
     @property
     def remote_addr(self):
         """(host, port) for TCP, the path for Unix sockets."""
-        if self._remote_addr is None and not self.finished:
+        if (self._addr_pair is None or self._addr_pair[1] is None) and not self.finished:
             self._addrs()
-        return self._remote_addr
+        return self._addr_pair[1] if self._addr_pair is not None else None
 
     def __repr__(self):
         state = "open" if self.closed_by == OPEN else ("closed by user" if self.closed_by == BY_USER
@@ -1054,7 +1059,7 @@ cdef class Connection:
                 raise EndOfStreamError(
                     f"{_opname(op)}: peer closed the connection; {self.inbuf.length} "
                     f"bytes readable, {need} needed")
-            fut = self.loop.create_future()
+            fut = self.poller.loop.create_future()
             self.read_waiter = fut
             self.read_need = need
             if self.paused and need > self.inbuf.length:
@@ -1166,7 +1171,7 @@ cdef class Connection:
 
     async def _wait_flush(self):
         cdef double due
-        fut = self.loop.create_future()
+        fut = self.poller.loop.create_future()
         self.flush_waiter = fut
         self.write_wait_start = monotonic()
         due = self.write_due()
@@ -1387,3 +1392,8 @@ cdef Connection make_connection(int fd, object loop, str network, EventLoop serv
     return c
 
 
+
+
+cdef inline object _runner_of(Connection c):
+    # EventLoop(runner=): read from the server (a dialed connection has none)
+    return c.server.runner if c.server is not None else None

@@ -149,10 +149,10 @@ cdef class Handler:
                 self.phase = PH_CONNECT
                 _task_slot_clear(c.poller)
                 try:
-                    if c.runner is None:
+                    if _runner_of(c) is None:
                         res = c.on_connect(c.ctx, c)
                     else:
-                        res = _via_runner(c.runner, c.on_connect, c, self.loop)
+                        res = _via_runner(_runner_of(c), c.on_connect, c, self.loop)
                 except BaseException as exc:
                     self.on_error(exc)
                     return True
@@ -174,13 +174,13 @@ cdef class Handler:
         self.phase = PH_REQUEST
         self.consumed_mark = c.inbuf.gen
         self.rx_mark = c.rx_total
-        if c.runner is not None or not _async_def(c.on_request):
+        if _runner_of(c) is not None or not _async_def(c.on_request):
             _task_slot_clear(c.poller)       # user code runs in the call itself
         try:
-            if c.runner is None:
+            if _runner_of(c) is None:
                 res = c.on_request(c.ctx, c)
             else:
-                res = _via_runner(c.runner, c.on_request, c, self.loop)
+                res = _via_runner(_runner_of(c), c.on_request, c, self.loop)
         except BaseException as exc:
             self.on_error(exc)
             return True

@@ -223,7 +223,6 @@ cdef class EventLoop:
         c.write_timeout = self.write_timeout
         c.read_limit = self.read_limit
         c.write_limit = self.write_limit
-        c.runner = self.runner
         self.conns.add(c)
         if self.idle_timeout > 0:
             c.set_idle_timeout(self.idle_timeout)

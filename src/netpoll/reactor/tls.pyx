@@ -285,7 +285,7 @@ cdef TLSLayer tls_start(Connection c, object ctx, bint server_side, object serve
     cdef TLSLayer t = TLSLayer.__new__(TLSLayer)
     t.start(c, ctx, server_side, server_hostname, timeout)
     if wait:
-        t.waiter = c.loop.create_future()
+        t.waiter = c.poller.loop.create_future()
     if not server_side:
         tls_handshake(c, t)  # a client sends its ClientHello now; a server waits for
     return t                 # one (OpenSSL's ~34 KiB of record buffers come with it)

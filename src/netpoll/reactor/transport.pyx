@@ -521,7 +521,7 @@ def new_transport_core(fd, transport, protocol):
     cdef Connection c = _wrap_fd(fd, False, False)
     cdef TransportCore t = TransportCore.__new__(TransportCore)
     t.conn = c
-    t.loop = c.loop
+    t.loop = c.poller.loop
     t.transport = transport
     t.set_protocol(protocol)
     c.proto = t

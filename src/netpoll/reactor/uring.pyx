@@ -597,7 +597,7 @@ cdef int uring_pass(Poller p) except -1:
 # completes at once with -EAGAIN or a short count, and the connection then
 # waits for EPOLLOUT exactly as after a short send(2) (writing, the write
 # timeout, the write limit). Ownership: the kernel may read c.outbuf's first
-# uring_slen bytes until the CQE; they are consumed only then. A connection
+# _slen(c) bytes until the CQE; they are consumed only then. A connection
 # finished before that parks its output LinkBuffer in p.polls under the SEND's
 # id (uring_park_send); the CQE drops it. Ring teardown cancels synchronously
 # before anything is let go.
@@ -616,8 +616,9 @@ cdef int uring_send(Poller p, Connection c) except -1:
         c.outbuf.release_all()
         return 0
     if c.uring_msg is None:
-        c.uring_msg = bytearray(sizeof(msghdr) + sizeof(iovec) * MAX_IOV)
-    msg = <msghdr*>PyByteArray_AS_STRING(c.uring_msg)
+        # the SEND's length, then its msghdr and iovecs (Connection stays small)
+        c.uring_msg = bytearray(sizeof(Py_ssize_t) + sizeof(msghdr) + sizeof(iovec) * MAX_IOV)
+    msg = <msghdr*>(PyByteArray_AS_STRING(c.uring_msg) + sizeof(Py_ssize_t))
     iov = <iovec*>(<char*>msg + sizeof(msghdr))
     cnt = c.outbuf.fill_iovecs(iov, MAX_IOV, &total)
     sqe = p.ring.sqe()
@@ -633,15 +634,27 @@ cdef int uring_send(Poller p, Connection c) except -1:
         msg.msg_iovlen = cnt
         np_sqe_sendmsg(sqe, c.fd, msg, sid)
     c.uring_sid = sid
-    c.uring_slen = total
+    (<Py_ssize_t*>PyByteArray_AS_STRING(c.uring_msg))[0] = total
     return 0
+
+
+cdef inline Py_ssize_t _slen(Connection c) noexcept:
+    # The length of c's SEND in flight (0: none), kept at the head of c.uring_msg.
+    if c.uring_msg is None:
+        return 0
+    return (<Py_ssize_t*>PyByteArray_AS_STRING(c.uring_msg))[0]
+
+
+cdef inline void _slen_clear(Connection c) noexcept:
+    if c.uring_msg is not None:
+        (<Py_ssize_t*>PyByteArray_AS_STRING(c.uring_msg))[0] = 0
 
 
 cdef int _uring_sent(Poller p, Connection c, int res) except -1:
     # The CQE of c's SEND: the kernel is done with its bytes.
-    cdef Py_ssize_t slen = c.uring_slen
+    cdef Py_ssize_t slen = _slen(c)
     cdef double due
-    c.uring_slen = 0
+    _slen_clear(c)
     if c.finished:
         return 0
     if res > 0:
@@ -687,5 +700,5 @@ cdef int uring_park_send(Poller p, Connection c) except -1:
         c.outbuf = LinkBuffer.__new__(LinkBuffer)
         c.outbuf.c_close()
         c.uring_sid = 0
-        c.uring_slen = 0
+        _slen_clear(c)
     return 0
