@@ -138,7 +138,7 @@ def one(kind: str, loop: str, conns: int, duration: float) -> tuple[float, float
         except subprocess.TimeoutExpired:
             proc.kill()
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)   # the latency distribution's line
     if rps is None or "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"{kind} on {loop}: wrk said\n{out}")
     return float(rps.group(1)), _us(p99.group(1)) if p99 else float("nan")
