@@ -105,6 +105,23 @@ def rss_kib(pid: int | str = "self") -> int:
     raise AssertionError("no VmRSS")
 
 
+async def start(on_request: Any, **kw: Any) -> tuple[Any, Any, Any]:
+    """An EventLoop serving on_request on a fresh loopback listener: (server, listener, task)."""
+    import netpoll
+
+    ln = netpoll.create_listener("tcp", "127.0.0.1:0")
+    el = netpoll.EventLoop(on_request, **kw)
+    task = asyncio.ensure_future(el.serve(ln))
+    await asyncio.sleep(0)
+    return el, ln, task
+
+
+async def stop(el: Any, task: Any) -> None:
+    """Shut a server from start() down and wait for its serve() to return."""
+    await el.shutdown(2)
+    await asyncio.wait_for(task, 2)
+
+
 async def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll a condition until it holds (bounded)."""
     deadline = asyncio.get_running_loop().time() + timeout

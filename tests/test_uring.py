@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import netpoll
-from conftest import wait_for
+from conftest import start, stop, wait_for
 from netpoll import Connection, _core
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,19 +59,6 @@ def plain_echo(ctx: Any, conn: Connection) -> None:
     buf = conn.input
     conn.write_buffer(buf.slice(len(buf)))
     conn.flush_nowait()
-
-
-async def start(on_request: Any, **kw: Any) -> tuple[netpoll.EventLoop, Any, Any]:
-    ln = netpoll.create_listener("tcp", "127.0.0.1:0")
-    el = netpoll.EventLoop(on_request, **kw)
-    task = asyncio.ensure_future(el.serve(ln))
-    await asyncio.sleep(0)
-    return el, ln, task
-
-
-async def stop(el: netpoll.EventLoop, task: Any) -> None:
-    await el.shutdown(2)
-    await asyncio.wait_for(task, 2)
 
 
 # -- configure -----------------------------------------------------------------------

@@ -463,6 +463,7 @@ cdef class TransportCore:
     cdef int send_now(self, object data) except -1
     cdef int maybe_pause(self) except -1
     cdef int maybe_resume(self) except -1
+    cdef int flow_error(self, str name, object exc) except -1
     cdef int c_fatal_error(self, object exc, str message) except -1
     cdef int force_close(self, object exc) except -1
     cdef int lose(self, object exc) except -1

@@ -350,12 +350,7 @@ cdef class TransportCore:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self.loop.call_exception_handler({
-                "message": "protocol.pause_writing() failed",
-                "exception": exc,
-                "transport": self.transport,
-                "protocol": self.protocol,
-            })
+            self.flow_error("pause_writing", exc)
         return 0
 
     cdef int maybe_resume(self) except -1:
@@ -367,12 +362,17 @@ cdef class TransportCore:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self.loop.call_exception_handler({
-                "message": "protocol.resume_writing() failed",
-                "exception": exc,
-                "transport": self.transport,
-                "protocol": self.protocol,
-            })
+            self.flow_error("resume_writing", exc)
+        return 0
+
+    cdef int flow_error(self, str name, object exc) except -1:
+        # asyncio's report of a failed pause_writing()/resume_writing(): logged, not fatal
+        self.loop.call_exception_handler({
+            "message": f"protocol.{name}() failed",
+            "exception": exc,
+            "transport": self.transport,
+            "protocol": self.protocol,
+        })
         return 0
 
     def set_write_buffer_limits(self, high=None, low=None):
