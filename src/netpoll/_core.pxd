@@ -74,6 +74,7 @@ cdef class Connection
 cdef class EventLoop
 cdef class TLSLayer
 cdef class TransportCore
+cdef class Waiter
 
 
 # -- config.pyx ---------------------------------------------------------------------
@@ -199,6 +200,8 @@ cdef class Poller:
     cdef dict polls             # poll id (CQE user_data) -> Connection, while armed
     cdef unsigned long long next_id
     cdef bint in_pass           # inside _on_ready: SQEs wait for the pass's one submit
+    cdef list wakeups           # Waiters resolved in the pass: run_pending calls their callbacks
+    cdef int pending_depth      # run_pending calls in progress
     cdef object __weakref__
 
     cdef int close(self) except -1
@@ -214,7 +217,33 @@ cdef class Poller:
     # Run the queues soon, from a loop callback (never inside the pass).
     cdef int grow(self) except -1
     cdef int run_pending(self) except -1
-    # Run the queues: handler starts, peer closes, deferred closes (user code).
+    # Run the queues: handler starts, peer closes, deferred closes, wakeups (user code).
+    cdef int hand_off_wakeups(self) except -1
+    # Outside run_pending: the queued wakeups go to loop.call_soon.
+
+
+# -- waiter.pyx ---------------------------------------------------------------------
+
+@cython.final
+cdef class Waiter:
+    """The future of one read or flush wait, resolved by the poller."""
+    cdef public bint _asyncio_future_blocking
+    cdef Poller poller
+    cdef object loop
+    cdef int state
+    cdef object value
+    cdef object exc
+    cdef object cancel_msg
+    cdef object cb              # the first callback (a Task's wakeup) and its context
+    cdef object cb_ctx
+    cdef list more              # any further (callback, context)
+
+    cdef object cancelled_error(self)
+    cdef int wake(self, exc) except -1
+    # set_result(None) (exc None) or set_exception(exc); nothing if already done.
+    cdef int schedule(self) except -1
+    cdef int call_soon(self) except -1
+    cdef int run_callbacks(self) except -1
 
 
 # -- handler.pyx --------------------------------------------------------------------
@@ -353,6 +382,8 @@ cdef class Connection:
     # Free unsent output (abort, a failed send).
     cdef object note_error(self, int err)
     # A recv/send failed with err: close_error is set (if not yet); returns it.
+    cdef object _flush_wait(self)
+    # flush()'s wait: the Waiter and the write deadline now, the coroutine awaits it
     cdef int on_writable(self) except -1
     cdef int send_out(self) except? -2
     # Write queued output: 0 all sent, 1 the socket is full, -errno on error.

@@ -204,8 +204,7 @@ cdef class Connection:
             if length >= self.read_need:
                 w = self.read_waiter
                 self.read_waiter = None
-                if not w.done():
-                    w.set_result(None)
+                (<Waiter>w).wake(None)
             return 0
         if self.on_request is not None and not self.processing and not self.queued:
             self.queued = True
@@ -233,8 +232,7 @@ cdef class Connection:
         w = self.read_waiter
         if w is not None:
             self.read_waiter = None
-            if not w.done():
-                w.set_result(None)
+            (<Waiter>w).wake(None)
         return 0
 
     cdef int on_peer_closed(self) except -1:
@@ -304,12 +302,12 @@ cdef class Connection:
         self.flush_waiter = None
         if r < 0:
             err = sockerror(-r)
-            if w is not None and not w.done():
-                w.set_exception(ConnectionClosedError(f"flush: {os.strerror(-r)} (errno {-r})"))
+            if w is not None:
+                (<Waiter>w).wake(ConnectionClosedError(f"flush: {os.strerror(-r)} (errno {-r})"))
             self.mark_eof(err)
             return 0
-        if w is not None and not w.done():
-            w.set_result(None)
+        if w is not None:
+            (<Waiter>w).wake(None)
         if self.close_when_done and not self.processing:
             self.close()
         return 0
@@ -355,7 +353,7 @@ cdef class Connection:
         if kind == T_READ:
             if self.read_waiter is token and not token.done():
                 self.read_waiter = None
-                token.set_exception(ReadTimeoutError(
+                (<Waiter>token).wake(ReadTimeoutError(
                     f"{self.read_expired_msg()}: "
                     f"{self.inbuf.length} bytes readable, {self.read_need} needed"))
         elif kind == T_WRITE and token is _NOWAIT:
@@ -368,7 +366,7 @@ cdef class Connection:
         elif kind == T_WRITE:
             if self.flush_waiter is token and not token.done():
                 self.flush_waiter = None
-                token.set_exception(WriteTimeoutError(
+                (<Waiter>token).wake(WriteTimeoutError(
                     f"flush {self.write_expired_msg()}: {self.outbuf.length} bytes unsent"))
         elif kind == T_TLS:
             if self.tls_layer is not None:
@@ -512,8 +510,7 @@ cdef class Connection:
         w = self.flush_waiter
         if w is not None:
             self.flush_waiter = None
-            if not w.done():
-                w.set_exception(ConnectionClosedError(
+            (<Waiter>w).wake(ConnectionClosedError(
                     f"connection closed by {'peer' if who == BY_PEER else 'user'} "
                     f"with {self.outbuf.length} bytes unsent"))
         if self.poller.in_batch:
@@ -1059,7 +1056,7 @@ cdef class Connection:
                 raise EndOfStreamError(
                     f"{_opname(op)}: peer closed the connection; {self.inbuf.length} "
                     f"bytes readable, {need} needed")
-            fut = self.poller.loop.create_future()
+            fut = Waiter(self.poller)
             self.read_waiter = fut
             self.read_need = need
             if self.paused and need > self.inbuf.length:
@@ -1153,7 +1150,7 @@ cdef class Connection:
             return NpReady_Fail(ConcurrentAccessError("flush: another flush is in progress"))
         self.outbuf.c_flush()
         if self.writing:
-            return self._wait_flush()
+            return self._flush_wait()
         r = self.send_out()
         if r == 0:
             return NpReady_New(None)
@@ -1167,26 +1164,31 @@ cdef class Connection:
         self.writing = True
         self.update_events()
         self.check_write_limit()
-        return self._wait_flush()
+        return self._flush_wait()
 
-    async def _wait_flush(self):
+    cdef object _flush_wait(self):
+        # The Waiter exists from the flush() call on, not from the first step of
+        # the coroutine: a flush handed to wait_for/ensure_future/gather starts
+        # a loop iteration later, and the output may drain before that.
         cdef double due
-        fut = self.poller.loop.create_future()
-        self.flush_waiter = fut
+        fut = Waiter(self.poller)
         self.write_wait_start = monotonic()
         due = self.write_due()
         if due > 0:
             if due <= self.write_wait_start:
-                self.flush_waiter = None
-                raise WriteTimeoutError(f"flush {self.write_expired_msg()}: "
-                                        f"{self.outbuf.length} bytes unsent")
+                return NpReady_Fail(WriteTimeoutError(
+                    f"flush {self.write_expired_msg()}: {self.outbuf.length} bytes unsent"))
             self.write_timer = self.poller.timers.push(due, self, T_WRITE, fut)
+        self.flush_waiter = fut
+        return self._wait_flush(fut)
+
+    async def _wait_flush(self, fut):
         try:
             await fut
         finally:
             if self.flush_waiter is fut:
                 self.flush_waiter = None
-            if self.write_timer is not None:
+            if self.write_timer is not None and self.flush_waiter is None:
                 self.poller.timers.cancel(self.write_timer)
                 self.write_timer = None
 

@@ -77,6 +77,7 @@ cdef class Poller:
         self.ready = []
         self.hups = []
         self.closes = []
+        self.wakeups = []
         self.live_ptrs = set()
         self.timers = TimerHeap(self, loop)
         self.spin = config.spin
@@ -113,6 +114,7 @@ cdef class Poller:
         self.ready = []
         self.hups = []
         self.closes = []
+        self.wakeups = []
         for c in conns:
             c.abandon()
         return 0
@@ -231,6 +233,11 @@ cdef class Poller:
                         _check_alive(self, self.events[i].data.ptr)
                     c = <Connection>self.events[i].data.ptr
                     c.on_event(self.events[i].events)
+            except BaseException:
+                self.in_batch = False
+                if self.wakeups and not self.pending_depth:
+                    self.hand_off_wakeups()      # no run_pending follows a walk that raised
+                raise
             finally:
                 self.in_batch = False
             if n == self.nevents and self.nevents < 65536:
@@ -262,24 +269,39 @@ cdef class Poller:
             finally:
                 _end_task_slot(self)
             return 0
-        while self.ready or self.hups or self.closes:
-            closes = self.closes
-            if closes:
-                self.closes = []
-                for c in closes:
-                    c.close_queued = False
-                    c.after_close()
-            ready = self.ready
-            if ready:
-                self.ready = []
-                for c in ready:
-                    c.queued = False
-                    c.start_handler()
-            hups = self.hups
-            if hups:
-                self.hups = []
-                for c in hups:
-                    c.on_peer_closed()
+        self.pending_depth += 1
+        try:
+            while self.ready or self.hups or self.closes or self.wakeups:
+                closes = self.closes
+                if closes:
+                    self.closes = []
+                    for c in closes:
+                        c.close_queued = False
+                        c.after_close()
+                ready = self.ready
+                if ready:
+                    self.ready = []
+                    for c in ready:
+                        c.queued = False
+                        c.start_handler()
+                hups = self.hups
+                if hups:
+                    self.hups = []
+                    for c in hups:
+                        c.on_peer_closed()
+                if self.wakeups:
+                    _run_wakeups(self)       # Tasks waiting on reads/flushes (waiter.pyx)
+        finally:
+            self.pending_depth -= 1
+            if self.wakeups and not self.pending_depth:
+                self.hand_off_wakeups()      # something raised: the rest via call_soon
+        return 0
+
+    cdef int hand_off_wakeups(self) except -1:
+        cdef Waiter w
+        wakeups, self.wakeups = self.wakeups, []
+        for w in wakeups:
+            w.call_soon()
         return 0
 
 

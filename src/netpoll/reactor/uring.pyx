@@ -557,6 +557,8 @@ cdef int uring_take_input(Poller p) except -1:
     finally:
         p.in_pass = False
         p.ring.flush()
+        if p.wakeups and not p.pending_depth:
+            p.hand_off_wakeups()       # no run_pending follows this walk
     return 0
 
 
@@ -581,6 +583,8 @@ cdef int uring_pass(Poller p) except -1:
                 return 0          # fairness: the rest waits for the next pass
     finally:
         p.in_pass = False
+        if p.wakeups and not p.pending_depth:
+            p.hand_off_wakeups()   # a walk raised before its run_pending
         if p.epfd >= 0:
             p.ring.flush()         # re-arms and changes queued by the handlers
     return 0
