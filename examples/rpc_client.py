@@ -56,7 +56,11 @@ class RpcPool:
 
     async def call(self, payload: bytes) -> bytes:
         """Send one request and return the response's payload."""
-        conn = await self._acquire()
+        idle = self._idle
+        if idle and not self._closed and idle[-1].is_active():
+            conn = idle.pop()            # the common case, without the _acquire coroutine
+        else:
+            conn = await self._acquire()
         try:
             writer = conn.writer
             out = writer.malloc(4 + len(payload))
@@ -131,7 +135,8 @@ class RpcPool:
     def _release(self, conn: netpoll.Connection | None) -> None:
         if conn is not None and conn.is_active() and not self._closed:
             self._idle.append(conn)
-        self._wake_one()
+        if self._waiters:
+            self._wake_one()
 
     def _wake_one(self) -> None:
         while self._waiters:
