@@ -238,6 +238,7 @@ cdef class Handler:
     cdef Py_hash_t loop_hash      # hash(loop), for the 3.11 current-task slot
     cdef StreamCore stream        # set: drives a Streams client_connected_cb (reactor/streams.pyx)
     cdef object done_fut          # made when someone awaits the handler (asyncio.run's teardown)
+    cdef list done_callbacks      # add_done_callback's (fn, context) pairs (Streams handlers)
     cdef object __weakref__
 
     cdef int run(self) except -1
@@ -252,6 +253,8 @@ cdef class Handler:
     cdef int on_error(self, object exc) except -1
     cdef int finish(self) except -1
     cdef bint suspended(self) noexcept
+    cdef int ended(self) except -1
+    # A Streams handler's coroutine is over: its done callbacks and awaiters.
     # A coroutine is in progress (waiting on something).
     cdef int release(self) except -1
     # The connection is finished: drop the references that form cycles.

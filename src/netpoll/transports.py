@@ -620,13 +620,20 @@ class NetpollStreamWriter(asyncio.StreamWriter):
             core.set_writer(self)
 
     async def start_tls(self, sslcontext: Any, **kwds: Any) -> None:  # type: ignore[override]
+        """asyncio's StreamWriter.start_tls, through netpoll's start_tls (any loop)."""
         core = self.__dict__.pop("_np", None)
         if core is not None:
             # from now on data goes through the TLS layer and the protocol's data_received
-            core.to_fed()
+            core.switch_to_feed()
             self.__dict__.pop("write", None)
             self.__dict__.pop("drain", None)
-        await super().start_tls(sslcontext, **kwds)
+        protocol: Any = self._protocol
+        server_side = protocol._client_connected_cb is not None
+        await self.drain()
+        new_transport = await start_tls(self._transport, protocol, sslcontext,
+                                        server_side=server_side, **kwds)
+        self._transport = new_transport
+        protocol._replace_writer(self)
 
 
 class NetpollStreamReaderProtocol(asyncio.StreamReaderProtocol):

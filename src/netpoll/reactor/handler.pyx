@@ -118,21 +118,48 @@ cdef class Handler:
             self.loop.call_soon(self._resume, None, context=_bare_context)
         return True
 
+    # Enough of a Future for asyncio.gather / wait / ensure_future: asyncio.run's
+    # teardown cancels the Streams handlers it finds in all_tasks() and gathers
+    # them (reactor/streams.pyx). A handler ends with None: its errors are
+    # reported when it ends, as asyncio's client_connected_cb callback does.
+    _asyncio_future_blocking = False
+
     def exception(self):
-        # errors are reported when the handler ends (asyncio.run's teardown asks)
         return None
 
     def result(self):
         return None
 
+    def add_done_callback(self, fn, *, context=None):
+        if self.coro is None:
+            self.loop.call_soon(fn, self, context=context)
+            return
+        if self.done_callbacks is None:
+            self.done_callbacks = []
+        self.done_callbacks.append((fn, context))
+
+    def remove_done_callback(self, fn):
+        cbs = self.done_callbacks or []
+        kept = [(f, ctx) for f, ctx in cbs if f != fn]
+        self.done_callbacks = kept
+        return len(cbs) - len(kept)
+
     def __await__(self):
-        # lets asyncio.gather / ensure_future wait for the handler to end (asyncio.run
-        # cancels the Streams handlers it finds in all_tasks() and gathers them)
         if self.done_fut is None:
             self.done_fut = self.loop.create_future()
             if self.coro is None:
                 self.done_fut.set_result(None)
         return self.done_fut.__await__()
+
+    cdef int ended(self) except -1:
+        fut = self.done_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        cbs = self.done_callbacks
+        self.done_callbacks = None
+        for fn, ctx in cbs or ():
+            self.loop.call_soon(fn, self, context=ctx)
+        return 0
 
     def __repr__(self):
         return f"<netpoll Handler fd={self.conn.fd if self.conn is not None else -1} " \

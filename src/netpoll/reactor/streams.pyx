@@ -118,6 +118,10 @@ cdef class StreamCore:
         """The buffered bytes (a copy), for the reader's ``_buffer``."""
         return bytearray(self.buf.c_peek(self.buf.length)) if self.buf.length else bytearray()
 
+    def switch_to_feed(self):
+        """Data comes through feed_data from now on (writer.start_tls)."""
+        self.to_fed()
+
     @property
     def attached(self):
         """The buffer is the transport's input (fast mode)."""
@@ -442,10 +446,7 @@ cdef class StreamCore:
         self.handler = None
         self.hwait = False
         h.wakeup = None
-        fut = h.done_fut
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-        return 0
+        return h.ended()
 
 
 @cython.final
