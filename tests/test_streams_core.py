@@ -373,14 +373,13 @@ def test_wait_for_timeout_cancel_and_sleep_around_reads(loop_kind: str) -> None:
         out: list[Any] = []
         try:
             await asyncio.wait_for(reader.read(10), 0.01)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             out.append("timeout")
-        if sys.version_info >= (3, 11):
-            try:
-                async with asyncio.timeout(0.01):
-                    await reader.readexactly(5)
-            except TimeoutError:
-                out.append("timeout2")
+        try:
+            async with asyncio.timeout(0.01):
+                await reader.readexactly(5)
+        except TimeoutError:
+            out.append("timeout2")
         task = asyncio.ensure_future(reader.readuntil(b"!"))
         await asyncio.sleep(0)
         task.cancel()
@@ -572,7 +571,8 @@ def test_server_close_and_loop_teardown_with_waiting_handlers(loop_kind: str) ->
         api = _api(impl)
         seen: list[str] = []
 
-        async def cb(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async def cb(r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                     seen: list[str] = seen) -> None:
             try:
                 await r.read(10)
             except asyncio.CancelledError:
@@ -590,7 +590,9 @@ def test_server_close_and_loop_teardown_with_waiting_handlers(loop_kind: str) ->
             server.close()
             assert not server.is_serving()
 
-        factory = (lambda: new_loop(loop_kind))
+        def factory() -> asyncio.AbstractEventLoop:
+            return new_loop(loop_kind)
+
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main())
         assert seen == ["cancelled"] * 3, (impl, seen)

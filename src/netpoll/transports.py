@@ -562,6 +562,7 @@ class NetpollStreamReader(asyncio.StreamReader):
     """
 
     _source_traceback = None
+    _np: StreamCore
 
     def __init__(self, limit: int = _DEFAULT_LIMIT, loop: asyncio.AbstractEventLoop | None = None) -> None:
         if limit <= 0:
@@ -578,15 +579,15 @@ class NetpollStreamReader(asyncio.StreamReader):
     # asyncio's private attributes, read from the core
     @property
     def _buffer(self) -> bytearray:
-        return self._np.buffer_copy()  # type: ignore[no-any-return]
+        return self._np.buffer_copy()
 
     @property
     def _limit(self) -> int:
-        return self._np.limit  # type: ignore[no-any-return]
+        return self._np.limit
 
     @property
     def _eof(self) -> bool:
-        return self._np.eof  # type: ignore[no-any-return]
+        return self._np.eof
 
     @property
     def _waiter(self) -> Any:
@@ -602,7 +603,7 @@ class NetpollStreamReader(asyncio.StreamReader):
 
     @property
     def _paused(self) -> bool:
-        return self._np.paused  # type: ignore[no-any-return]
+        return self._np.paused
 
 
 class NetpollStreamWriter(asyncio.StreamWriter):
@@ -619,20 +620,20 @@ class NetpollStreamWriter(asyncio.StreamWriter):
             d["_np"] = core
             core.set_writer(self)
 
-    async def start_tls(self, sslcontext: Any, **kwds: Any) -> None:  # type: ignore[override]
+    async def start_tls(self, sslcontext: Any, **kwds: Any) -> None:
         """asyncio's StreamWriter.start_tls, through netpoll's start_tls (any loop)."""
-        core = self.__dict__.pop("_np", None)
+        w: Any = self
+        core = w.__dict__.pop("_np", None)
         if core is not None:
             # from now on data goes through the TLS layer and the protocol's data_received
             core.switch_to_feed()
-            self.__dict__.pop("write", None)
-            self.__dict__.pop("drain", None)
-        protocol: Any = self._protocol
+            w.__dict__.pop("write", None)
+            w.__dict__.pop("drain", None)
+        protocol: Any = w._protocol
         server_side = protocol._client_connected_cb is not None
         await self.drain()
-        new_transport = await start_tls(self._transport, protocol, sslcontext,
-                                        server_side=server_side, **kwds)
-        self._transport = new_transport
+        w._transport = await start_tls(w._transport, protocol, sslcontext,
+                                       server_side=server_side, **kwds)
         protocol._replace_writer(self)
 
 
@@ -641,26 +642,27 @@ class NetpollStreamReaderProtocol(asyncio.StreamReaderProtocol):
     connection's input and client_connected_cb runs on the core's Handler."""
 
     def connection_made(self, transport: Any) -> None:
-        reader = self._stream_reader
+        p: Any = self  # asyncio's private attributes
+        reader = p._stream_reader
         core = reader._np if isinstance(reader, NetpollStreamReader) else None
-        if (self._reject_connection or core is None
+        if (p._reject_connection or core is None
                 or not isinstance(transport, NetpollTransport) or transport._core is None):
             super().connection_made(transport)
             return
-        self._transport = transport
+        p._transport = transport
         reader.set_transport(transport)
-        self._over_ssl = transport.get_extra_info("sslcontext") is not None
+        p._over_ssl = transport.get_extra_info("sslcontext") is not None
         core.attach(transport._core)
-        if self._client_connected_cb is not None:
-            writer = NetpollStreamWriter(transport, self, reader, self._loop, core)
-            self._stream_writer = writer
-            res = self._client_connected_cb(reader, writer)
+        if p._client_connected_cb is not None:
+            writer = NetpollStreamWriter(transport, self, reader, p._loop, core)
+            p._stream_writer = writer
+            res = p._client_connected_cb(reader, writer)
             if asyncio.iscoroutine(res):
                 if core.attached:
-                    self._task = core.start(res)
+                    p._task = core.start(res)
                 else:
-                    self._task = self._loop.create_task(res)
-            self._strong_reader = None
+                    p._task = p._loop.create_task(res)
+            p._strong_reader = None
 
 
 def _core_stream_pair(limit: int, loop: asyncio.AbstractEventLoop,
