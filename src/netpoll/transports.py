@@ -634,7 +634,10 @@ class NetpollStreamWriter(asyncio.StreamWriter):
         await self.drain()
         w._transport = await start_tls(w._transport, protocol, sslcontext,
                                        server_side=server_side, **kwds)
-        protocol._replace_writer(self)
+        if hasattr(protocol, "_replace_transport"):  # Python 3.13+
+            protocol._replace_transport(w._transport)
+        else:
+            protocol._replace_writer(self)
 
 
 class NetpollStreamReaderProtocol(asyncio.StreamReaderProtocol):
