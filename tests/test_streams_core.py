@@ -168,6 +168,20 @@ def test_line_until_exactly_at_chunk_boundaries(loop_kind: str,
     run_both(loop_kind, scenario)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="readuntil takes a tuple from 3.13")
+@pytest.mark.parametrize("limit", [2**16, 6])
+def test_readuntil_tuple_of_separators(loop_kind: str, limit: int) -> None:
+    ops: list[tuple[str, Any]] = [
+        ("readuntil", (b"\r\n", b"\n")), ("readuntil", (b"|", b"e")), ("readuntil", ()),
+        ("readuntil", (b"xx", b"x|")), ("readuntil", (b"", b"a")), ("read", -1)]
+    chunks = [b"line1\nli", b"ne2\r", b"\nxx", b"x|e", b"nd"]
+
+    async def scenario(api: Any) -> Any:
+        return await _serve_one(api, lambda r, w: _ops(r, ops), chunks, limit=limit)
+
+    run_both(loop_kind, scenario)
+
+
 @pytest.mark.parametrize("case", ["line-over", "until-found-over", "until-not-found",
                                   "line-not-found", "exactly-over-limit"])
 def test_limits(loop_kind: str, case: str) -> None:
