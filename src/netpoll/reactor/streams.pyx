@@ -131,8 +131,12 @@ cdef class StreamCore:
 
     cdef int on_input(self) except -1:
         # asyncio's feed_data without the copy: the limit check, then the reader
+        # (woken only if something is there to read: with the buffer shared, a
+        # read may already have taken what the wakeup is about, and a woken
+        # read(n) returns what it finds, as asyncio's)
         self.check_pause()
-        self.wake(None, True)
+        if self.buf.length:
+            self.wake(None, True)
         return 0
 
     cdef int wake(self, object exc, bint inline) except -1:
