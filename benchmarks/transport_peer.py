@@ -2,7 +2,9 @@
 
 Same arguments as ``python -m netpoll.bench.peers``; ``--uvloop`` picks uvloop as
 the base loop. The peer's unchanged asyncio code (``loop.create_server`` with a
-Protocol, or ``asyncio.start_server``) then runs on netpoll transports.
+Protocol) then runs on netpoll transports; its ``asyncio.start_server`` /
+``start_unix_server`` (the Streams kinds) are netpoll's
+(``netpoll.transports.start_server``: the Streams objects on the core).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from typing import Any
 
 import netpoll
+import netpoll.transports
 from netpoll.bench import peers
 
 
@@ -28,6 +31,8 @@ def main() -> int:
             return factory()
 
     asyncio.set_event_loop_policy(Policy())
+    asyncio.start_server = netpoll.transports.start_server  # type: ignore[assignment]
+    asyncio.start_unix_server = netpoll.transports.start_unix_server  # type: ignore[assignment]
     asyncio.set_event_loop_policy = lambda policy: None  # type: ignore[assignment]
     # --uvloop is ours: passed on, peers.main would run on a plain uvloop loop
     # (its Runner takes uvloop.new_event_loop as the loop factory), not on netpoll's

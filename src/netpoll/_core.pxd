@@ -75,6 +75,8 @@ cdef class EventLoop
 cdef class TLSLayer
 cdef class TransportCore
 cdef class Waiter
+cdef class StreamCore
+cdef class _StreamRead
 
 
 # -- config.pyx ---------------------------------------------------------------------
@@ -263,6 +265,9 @@ cdef class Handler:
     cdef Py_ssize_t rx_mark
     cdef object wakeup            # bound method, made once
     cdef Py_hash_t loop_hash      # hash(loop), for the 3.11 current-task slot
+    cdef StreamCore stream        # set: drives a Streams client_connected_cb (reactor/streams.pyx)
+    cdef object done_fut          # made when someone awaits the handler (asyncio.run's teardown)
+    cdef list done_callbacks      # add_done_callback's (fn, context) pairs (Streams handlers)
     cdef object __weakref__
 
     cdef int run(self) except -1
@@ -277,6 +282,8 @@ cdef class Handler:
     cdef int on_error(self, object exc) except -1
     cdef int finish(self) except -1
     cdef bint suspended(self) noexcept
+    cdef int ended(self) except -1
+    # A Streams handler's coroutine is over: its done callbacks and awaiters.
     # A coroutine is in progress (waiting on something).
     cdef int release(self) except -1
     # The connection is finished: drop the references that form cycles.
@@ -481,9 +488,11 @@ cdef class TransportCore:
     cdef readonly Py_ssize_t conn_lost  # asyncio's _conn_lost: connection_lost is scheduled
     cdef Py_ssize_t high_water
     cdef Py_ssize_t low_water
+    cdef StreamCore stream       # set: the input is a Streams reader's buffer (reactor/streams.pyx)
     cdef object __weakref__
 
     cdef int deliver(self) except -1
+    cdef int deliver_stream(self) except -1
     # After the pass (or from a loop callback): hand the protocol what is due.
     cdef int deliver_buffered(self) except -1
     cdef int on_writable(self) except -1
@@ -541,3 +550,53 @@ cdef class EventLoop:
     cdef int forget(self, Connection c) except -1
     cdef int listener_gone(self) except -1
     # The application closed the listener: stop accepting, let serve() return.
+
+
+# -- streams.pyx --------------------------------------------------------------------
+
+@cython.final
+cdef class StreamCore:
+    """The state of a netpoll asyncio.StreamReader (reactor/streams.pyx)."""
+    cdef LinkBuffer buf           # the reader's buffer: the connection's input (fast) or its own
+    cdef TransportCore tc         # the transport core it reads from (None until attached)
+    cdef readonly object transport   # asyncio's StreamReader._transport
+    cdef object loop
+    cdef readonly Py_ssize_t limit
+    cdef readonly bint eof
+    cdef readonly bint paused     # it paused the transport (buffer above 2 * limit)
+    cdef readonly bint fed        # data comes through feed_data (not attached, or after start_tls)
+    cdef bint hwait               # the Handler is suspended in a read (no Future)
+    cdef readonly object exc      # asyncio's StreamReader._exception
+    cdef readonly object waiter   # the Future of a read awaited outside the Handler
+    cdef Handler handler          # drives client_connected_cb (None: an asyncio Task does, or none)
+    cdef Py_ssize_t rx_seen       # conn.rx_total at the last wakeup
+    cdef object writer_ref        # weakref to the StreamWriter (drain's slow path)
+
+    cdef int on_input(self) except -1
+    cdef int wake(self, object exc, bint inline) except -1
+    cdef int check_pause(self) except -1
+    cdef int maybe_resume(self) except -1
+    cdef bytes take(self, Py_ssize_t n)
+    cdef int to_fed(self) except -1
+    cdef object advance(self, _StreamRead r)
+    cdef object run_op(self, _StreamRead r)
+    cdef object begin_wait(self, _StreamRead r)
+    cdef object start_op(self, int op, Py_ssize_t n, object seps)
+    cdef int task_failed(self, object exc) except -1
+    cdef int task_done(self, Handler h) except -1
+
+
+@cython.final
+cdef class _StreamRead:
+    """A read that could not finish when it was called: the awaitable it returns."""
+    cdef StreamCore s
+    cdef int op
+    cdef Py_ssize_t n
+    cdef Py_ssize_t offset
+    cdef object seps              # a list of bytes, shortest first (readuntil/readline)
+    cdef list blocks
+    cdef bint started
+    cdef bint waiting
+    cdef bint waited
+    cdef object fut
+    cdef int cleanup(self) except -1

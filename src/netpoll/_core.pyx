@@ -23,6 +23,7 @@ every class, field and cdef signature is declared in _core.pxd):
     reactor/connection.pyx  Connection: state table, input/output, reader/writer
     reactor/tls.pyx         TLS between the socket and the LinkBuffers
     reactor/transport.pyx   TransportCore: asyncio protocols called from the pass's queues
+    reactor/streams.pyx     StreamCore: asyncio Streams read from the connection's input
     reactor/server.pyx      EventLoop: accept, backoff, graceful shutdown
     reactor/dialer.pyx      non-blocking connect, new_fd_connection
 """
@@ -54,6 +55,7 @@ import os
 import random
 import socket
 import sys
+import weakref
 
 from netpoll.errors import (
     ConcurrentAccessError,
@@ -134,5 +136,6 @@ include "reactor/handler.pyx"
 include "reactor/connection.pyx"
 include "reactor/tls.pyx"
 include "reactor/transport.pyx"
+include "reactor/streams.pyx"
 include "reactor/server.pyx"
 include "reactor/dialer.pyx"

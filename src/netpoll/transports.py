@@ -67,9 +67,12 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
-from netpoll._core import TransportCore, new_transport_core
+from netpoll._core import StreamCore, TransportCore, new_stream_core, new_transport_core
 
 __all__ = [
+    "NetpollStreamReader",
+    "NetpollStreamReaderProtocol",
+    "NetpollStreamWriter",
     "NetpollTransport",
     "connect_accepted_socket",
     "create_connection",
@@ -536,26 +539,175 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProt
     return await _route().start_tls(transport, protocol, sslcontext, **kwds)  # type: ignore[no-any-return]
 
 
+# -- Streams on the core ---------------------------------------------------------------
+#
+# start_server / open_connection (and the Unix variants) hand out asyncio's
+# StreamReader/StreamWriter as subclasses whose hot methods are a StreamCore's
+# (reactor/streams.pyx): the reader's buffer is the connection's input, and
+# the client_connected_cb coroutine is driven by the core's Task-like Handler,
+# so a read that finds its data returns it with no Future, no Task step and
+# no loop callback, and a read that waits is resumed from the poller's pass.
+# ssl= connections keep asyncio's own classes (_stream_pair).
+
+# the reader's methods: the core's bound methods, set on the instance
+_READER_METHODS = ("read", "readline", "readuntil", "readexactly", "at_eof", "exception",
+                   "set_exception", "set_transport", "feed_eof", "feed_data")
+
+
+class NetpollStreamReader(asyncio.StreamReader):
+    """An ``asyncio.StreamReader`` whose buffer and reads are netpoll's core (``StreamCore``).
+
+    Same methods, semantics and errors as asyncio's; asyncio's private state is
+    readable as properties (``_buffer`` is a copy of the buffered bytes).
+    """
+
+    _source_traceback = None
+    _np: StreamCore
+
+    def __init__(self, limit: int = _DEFAULT_LIMIT, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if limit <= 0:
+            raise ValueError("Limit cannot be <= 0")
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        self._loop = loop
+        core = new_stream_core(loop, limit)
+        d = self.__dict__
+        d["_np"] = core
+        for name in _READER_METHODS:
+            d[name] = getattr(core, name)
+
+    # asyncio's private attributes, read from the core
+    @property
+    def _buffer(self) -> bytearray:
+        return self._np.buffer_copy()
+
+    @property
+    def _limit(self) -> int:
+        return self._np.limit
+
+    @property
+    def _eof(self) -> bool:
+        return self._np.eof
+
+    @property
+    def _waiter(self) -> Any:
+        return self._np.waiter
+
+    @property
+    def _exception(self) -> Any:
+        return self._np.exc
+
+    @property
+    def _transport(self) -> Any:
+        return self._np.transport
+
+    @property
+    def _paused(self) -> bool:
+        return self._np.paused
+
+
+class NetpollStreamWriter(asyncio.StreamWriter):
+    """An ``asyncio.StreamWriter``; over a netpoll transport ``write`` is the core's own
+    and ``drain`` returns at once unless asyncio's would wait or raise."""
+
+    def __init__(self, transport: Any, protocol: Any, reader: Any,
+                 loop: asyncio.AbstractEventLoop, core: StreamCore | None = None) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        if core is not None and core.attached:
+            d = self.__dict__
+            d["write"] = transport.write  # the transport core's bound method
+            d["drain"] = core.drain
+            d["_np"] = core
+            core.set_writer(self)
+
+    async def start_tls(self, sslcontext: Any, **kwds: Any) -> None:
+        """asyncio's StreamWriter.start_tls, through netpoll's start_tls (any loop)."""
+        w: Any = self
+        core = w.__dict__.pop("_np", None)
+        if core is not None:
+            # from now on data goes through the TLS layer and the protocol's data_received
+            core.switch_to_feed()
+            w.__dict__.pop("write", None)
+            w.__dict__.pop("drain", None)
+        protocol: Any = w._protocol
+        server_side = protocol._client_connected_cb is not None
+        await self.drain()
+        w._transport = await start_tls(w._transport, protocol, sslcontext,
+                                       server_side=server_side, **kwds)
+        if hasattr(protocol, "_replace_transport"):  # Python 3.13+
+            protocol._replace_transport(w._transport)
+        else:
+            protocol._replace_writer(self)
+
+
+class NetpollStreamReaderProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's StreamReaderProtocol; over a netpoll transport the reader reads the
+    connection's input and client_connected_cb runs on the core's Handler."""
+
+    def connection_made(self, transport: Any) -> None:
+        p: Any = self  # asyncio's private attributes
+        reader = p._stream_reader
+        core = reader._np if isinstance(reader, NetpollStreamReader) else None
+        if (p._reject_connection or core is None
+                or not isinstance(transport, NetpollTransport) or transport._core is None):
+            super().connection_made(transport)
+            return
+        p._transport = transport
+        reader.set_transport(transport)
+        p._over_ssl = transport.get_extra_info("sslcontext") is not None
+        core.attach(transport._core)
+        if p._client_connected_cb is not None:
+            writer = NetpollStreamWriter(transport, self, reader, p._loop, core)
+            p._stream_writer = writer
+            res = p._client_connected_cb(reader, writer)
+            if asyncio.iscoroutine(res):
+                if core.attached:
+                    p._task = core.start(res)
+                else:
+                    p._task = p._loop.create_task(res)
+            p._strong_reader = None
+
+
+def _core_stream_pair(limit: int, loop: asyncio.AbstractEventLoop,
+                      cb: Any = None) -> tuple[NetpollStreamReader, NetpollStreamReaderProtocol]:
+    reader = NetpollStreamReader(limit=limit, loop=loop)
+    return reader, NetpollStreamReaderProtocol(reader, cb, loop=loop)
+
+
 def _stream_pair(limit: int, loop: asyncio.AbstractEventLoop,
                  cb: Any = None) -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol]:
+    # asyncio's own objects (ssl= connections)
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     return reader, asyncio.StreamReaderProtocol(reader, cb, loop=loop)
 
 
+def _pair_for(kwds: dict[str, Any]) -> Any:
+    return _stream_pair if kwds.get("ssl") else _core_stream_pair
+
+
+def _writer(transport: Any, protocol: Any, reader: Any,
+            loop: asyncio.AbstractEventLoop) -> asyncio.StreamWriter:
+    if isinstance(reader, NetpollStreamReader):
+        return NetpollStreamWriter(transport, protocol, reader, loop, reader._np)
+    return asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 async def open_connection(host: Any = None, port: Any = None, *, limit: int = _DEFAULT_LIMIT,
                           **kwds: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """``asyncio.open_connection`` over a netpoll transport."""
+    """``asyncio.open_connection`` over a netpoll transport (the reader and writer on the core)."""
     loop = asyncio.get_running_loop()
-    reader, protocol = _stream_pair(limit, loop)
+    reader, protocol = _pair_for(kwds)(limit, loop)
     transport, _ = await create_connection(lambda: protocol, host, port, **kwds)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, _writer(transport, protocol, reader, loop)
 
 
 async def start_server(client_connected_cb: Any, host: Any = None, port: Any = None, *,
                        limit: int = _DEFAULT_LIMIT, **kwds: Any) -> asyncio.Server:
-    """``asyncio.start_server`` with netpoll transports."""
+    """``asyncio.start_server`` with netpoll transports; each client_connected_cb runs
+    on the core (reactor/streams.pyx)."""
     loop = asyncio.get_running_loop()
-    return await create_server(lambda: _stream_pair(limit, loop, client_connected_cb)[1],
+    pair = _pair_for(kwds)
+    return await create_server(lambda: pair(limit, loop, client_connected_cb)[1],
                                host, port, **kwds)
 
 
@@ -563,14 +715,15 @@ async def open_unix_connection(path: Any = None, *, limit: int = _DEFAULT_LIMIT,
                                **kwds: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """``asyncio.open_unix_connection`` over a netpoll transport."""
     loop = asyncio.get_running_loop()
-    reader, protocol = _stream_pair(limit, loop)
+    reader, protocol = _pair_for(kwds)(limit, loop)
     transport, _ = await create_unix_connection(lambda: protocol, path, **kwds)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, _writer(transport, protocol, reader, loop)
 
 
 async def start_unix_server(client_connected_cb: Any, path: Any = None, *,
                             limit: int = _DEFAULT_LIMIT, **kwds: Any) -> asyncio.Server:
     """``asyncio.start_unix_server`` with netpoll transports."""
     loop = asyncio.get_running_loop()
-    return await create_unix_server(lambda: _stream_pair(limit, loop, client_connected_cb)[1],
+    pair = _pair_for(kwds)
+    return await create_unix_server(lambda: pair(limit, loop, client_connected_cb)[1],
                                     path, **kwds)

@@ -39,6 +39,9 @@
 #   handler -> bound method -> handler.
 
 cdef object CancelledError = asyncio.CancelledError
+# What a Streams read yields to its own Handler: "suspended on the stream"
+# (reactor/streams.pyx); the StreamCore resumes the Handler when input comes.
+cdef object _STREAM_MARK = object()
 # Loop callbacks that resume a handler run in this empty Context: the step
 # itself enters the connection's Context (entering it twice is an error).
 cdef object _bare_context = contextvars.Context()
@@ -108,7 +111,55 @@ cdef class Handler:
             return True
         self.must_cancel = True
         self.cancel_msg = msg
+        if self.stream is not None and self.stream.hwait:
+            # suspended in a Streams read (no Future to cancel): resume it soon,
+            # as the cancelled Future's callback would
+            self.stream.hwait = False
+            self.loop.call_soon(self._resume, None, context=_bare_context)
         return True
+
+    # Enough of a Future for asyncio.gather / wait / ensure_future: asyncio.run's
+    # teardown cancels the Streams handlers it finds in all_tasks() and gathers
+    # them (reactor/streams.pyx). A handler ends with None: its errors are
+    # reported when it ends, as asyncio's client_connected_cb callback does.
+    _asyncio_future_blocking = False
+
+    def exception(self):
+        return None
+
+    def result(self):
+        return None
+
+    def add_done_callback(self, fn, *, context=None):
+        if self.coro is None:
+            self.loop.call_soon(fn, self, context=context)
+            return
+        if self.done_callbacks is None:
+            self.done_callbacks = []
+        self.done_callbacks.append((fn, context))
+
+    def remove_done_callback(self, fn):
+        cbs = self.done_callbacks or []
+        kept = [(f, ctx) for f, ctx in cbs if f != fn]
+        self.done_callbacks = kept
+        return len(cbs) - len(kept)
+
+    def __await__(self):
+        if self.done_fut is None:
+            self.done_fut = self.loop.create_future()
+            if self.coro is None:
+                self.done_fut.set_result(None)
+        return self.done_fut.__await__()
+
+    cdef int ended(self) except -1:
+        fut = self.done_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        cbs = self.done_callbacks
+        self.done_callbacks = None
+        for fn, ctx in cbs or ():
+            self.loop.call_soon(fn, self, context=ctx)
+        return 0
 
     def __repr__(self):
         return f"<netpoll Handler fd={self.conn.fd if self.conn is not None else -1} " \
@@ -131,6 +182,10 @@ cdef class Handler:
     cdef int run(self) except -1:
         """Call on_connect / on_request until nothing is left to do or one suspends."""
         cdef int st
+        if self.stream is not None:
+            if self.coro is None:
+                self.stream.task_done(self)
+            return 0
         while True:
             if self.coro is None:
                 if not self.next_call():
@@ -276,6 +331,8 @@ cdef class Handler:
             pass
 
     cdef int on_yield(self, result) except -1:
+        if result is _STREAM_MARK:
+            return 0                  # a Streams read: its StreamCore resumes us
         blocking = getattr(result, "_asyncio_future_blocking", None)
         if blocking is not None:
             if blocking:
@@ -316,6 +373,11 @@ cdef class Handler:
         cdef Connection c = self.conn
         self.coro = None
         _task_slot_clear(c.poller)
+        if self.stream is not None:
+            self.stream.task_failed(exc)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise exc
+            return 0
         if isinstance(exc, CancelledError):
             config.logger.debug("netpoll: handler cancelled; closing fd %d", c.fd)
         elif isinstance(exc, ConnectionClosedError) and (c.closed_by or c.peer_eof):

@@ -128,6 +128,8 @@ cdef class TransportCore:
         if self.write_failed:
             self.write_failed = False
             return self.c_fatal_error(c.close_error, "Fatal write error on socket transport")
+        if self.stream is not None:
+            return self.deliver_stream()
         if self.reader_on:
             n = c.inbuf.length
             if n and c.peer_eof and not self.eof_seen:
@@ -179,6 +181,53 @@ cdef class TransportCore:
                 and not c.finished:
             # close() waited for the output; it is sent (asyncio calls
             # connection_lost right from its writer callback, too)
+            self.conn_lost += 1
+            self.transport._call_connection_lost(None)
+        return 0
+
+    cdef int deliver_stream(self) except -1:
+        # deliver() for a Streams reader whose buffer is conn.inbuf (reactor/streams.pyx):
+        # no data_received - the bytes stay where recv put them and the waiting
+        # read resumes. The rest (EOF, errors, flow control, the close) as deliver().
+        cdef TransportCore keep = self
+        cdef Connection c = self.conn
+        cdef StreamCore s = self.stream
+        cdef Py_ssize_t n = 0
+        if self.reader_on:
+            n = c.rx_total - s.rx_seen
+            if n:
+                s.rx_seen = c.rx_total
+                if c.peer_eof and not self.eof_seen:
+                    self.loop.call_soon(self._deliver_soon)     # the EOF: next iteration
+                s.on_input()
+                if c.finished or self.conn_lost:
+                    return 0
+            if self.reader_on and c.peer_eof and not self.eof_seen and not n:
+                self.eof_seen = True
+                exc = c.close_error
+                if exc is not None:
+                    return self.c_fatal_error(exc, "Fatal read error on socket transport")
+                if self.loop.get_debug():
+                    _aio_logger.debug("%r received EOF", self.transport)
+                try:
+                    keep_open = self.protocol.eof_received()
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    return self.c_fatal_error(
+                        exc, "Fatal error: protocol.eof_received() call failed.")
+                if self.conn_lost:
+                    return 0
+                if keep_open:
+                    self.reader_on = False
+                    c.set_reading(False)
+                else:
+                    self.close()
+                    return 0
+        if self.protocol_paused:
+            self.maybe_resume()
+        if self.closing and not c.writing and c.outbuf.length == 0 and not self.conn_lost \
+                and not c.finished:
             self.conn_lost += 1
             self.transport._call_connection_lost(None)
         return 0
@@ -498,6 +547,7 @@ cdef class TransportCore:
         cdef Connection c = self.conn
         self.protocol = None
         self.transport = None
+        self.stream = None
         self.reader_on = False
         if self.conn_lost == 0:
             self.conn_lost = 1
