@@ -20,6 +20,11 @@
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <linux/io_uring.h>
+/* flags newer than some distributions' kernel headers (the running kernel
+ * decides: io_uring_setup refuses a flag it does not know with EINVAL) */
+#ifndef IORING_SETUP_NO_SQARRAY
+#define IORING_SETUP_NO_SQARRAY (1U << 16)
+#endif
 
 typedef struct np_ring {
     int fd;
@@ -33,6 +38,7 @@ typedef struct np_ring {
     size_t sq_sz, cq_sz, sqes_sz;
     unsigned sq_local_tail;     /* SQEs filled in, not yet published */
     unsigned sq_published;      /* tail published to the kernel, not yet entered */
+    unsigned setup_flags;       /* the IORING_SETUP_* flags the ring was made with */
 } np_ring;
 
 typedef struct np_cqe {
@@ -53,6 +59,8 @@ static inline int np_ring_init(np_ring *r, unsigned entries, unsigned flags)
     if (fd < 0)
         return -errno;
     r->fd = fd;
+    r->setup_flags = flags;
+    /* IORING_SETUP_NO_SQARRAY: no index array, SQE i is tail & mask (sq_off.array is 0) */
     r->sq_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     r->cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
     if (p.features & IORING_FEAT_SINGLE_MMAP) {
@@ -90,7 +98,8 @@ static inline int np_ring_init(np_ring *r, unsigned entries, unsigned flags)
     r->sq_tail = (unsigned *)((char *)r->sq_ptr + p.sq_off.tail);
     r->sq_mask = (unsigned *)((char *)r->sq_ptr + p.sq_off.ring_mask);
     r->sq_flags = (unsigned *)((char *)r->sq_ptr + p.sq_off.flags);
-    r->sq_array = (unsigned *)((char *)r->sq_ptr + p.sq_off.array);
+    r->sq_array = (flags & IORING_SETUP_NO_SQARRAY) ? NULL
+                  : (unsigned *)((char *)r->sq_ptr + p.sq_off.array);
     r->sq_entries = p.sq_entries;
     r->cq_head = (unsigned *)((char *)r->cq_ptr + p.cq_off.head);
     r->cq_tail = (unsigned *)((char *)r->cq_ptr + p.cq_off.tail);
@@ -138,7 +147,8 @@ static inline struct io_uring_sqe *np_ring_sqe(np_ring *r)
     idx = r->sq_local_tail & *r->sq_mask;
     sqe = &r->sqes[idx];
     memset(sqe, 0, sizeof(*sqe));
-    r->sq_array[idx] = idx;
+    if (r->sq_array)
+        r->sq_array[idx] = idx;
     r->sq_local_tail++;
     return sqe;
 }
@@ -194,6 +204,12 @@ static inline int np_ring_reap(np_ring *r, np_cqe *out, int n)
     return i;
 }
 
+/* IORING_SETUP_TASKRUN_FLAG: completion work is waiting for our next
+ * io_uring_enter (IORING_SQ_TASKRUN). */
+static inline int np_ring_taskrun(np_ring *r)
+{
+    return (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) != 0;
+}
 static inline int np_ring_cq_ready(np_ring *r)
 {
     return __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE) != *r->cq_head;
@@ -345,12 +361,21 @@ static inline int np_ring_cancel_all(np_ring *r)
 /* Teardown order: cancel synchronously, close the ring, then unmap the buffers. */
 static inline void np_pbuf_teardown(np_ring *r, np_pbuf *b)
 {
+    int leak = 0;
     if (r->fd >= 0) {
-        np_ring_cancel_all(r);
+        /* IORING_SETUP_SINGLE_ISSUER: only the thread that made the ring may
+         * register (EEXIST from any other). Closed from another thread, the
+         * kernel cancels in the background, so the buffers are left mapped
+         * (leaked) rather than unmapped under a request that may still write. */
+        leak = np_ring_cancel_all(r) < 0 && (r->setup_flags & IORING_SETUP_SINGLE_ISSUER);
         np_ring_exit(r);
     }
     if (b == NULL)
         return;
+    if (leak && b->mem) {
+        memset(b, 0, sizeof(*b));
+        return;
+    }
     if (b->mem) munmap(b->mem, b->mem_sz);
     if (b->br) munmap(b->br, b->br_sz);
     memset(b, 0, sizeof(*b));

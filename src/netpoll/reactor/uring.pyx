@@ -143,6 +143,80 @@ def _uring_debug():
             "enobufs": uring_enobufs}
 
 
+_SETUP_NAMES = {
+    "coop_taskrun": IORING_SETUP_COOP_TASKRUN,
+    "taskrun_flag": IORING_SETUP_TASKRUN_FLAG,
+    "single_issuer": IORING_SETUP_SINGLE_ISSUER,
+    "submit_all": IORING_SETUP_SUBMIT_ALL,
+    "no_sqarray": IORING_SETUP_NO_SQARRAY,
+}
+_SETUP_DEFAULT = "coop_taskrun,taskrun_flag,submit_all"
+
+
+cdef unsigned int _env_setup_flags() except? 0:
+    # NETPOLL_URING_SETUP: the ring's IORING_SETUP_* flags beyond CLAMP, as
+    # comma-separated names (_SETUP_NAMES); "" or "none" for CLAMP only.
+    cdef unsigned int flags = IORING_SETUP_CLAMP
+    spec = os.environ.get("NETPOLL_URING_SETUP", _SETUP_DEFAULT)
+    for name in spec.replace(" ", "").lower().split(","):
+        if name in ("", "none"):
+            continue
+        if name not in _SETUP_NAMES:
+            raise ValueError(f"NETPOLL_URING_SETUP: unknown flag {name!r} "
+                             f"(known: {', '.join(sorted(_SETUP_NAMES))})")
+        flags |= <unsigned int>_SETUP_NAMES[name]
+    return flags
+
+
+def _uring_env_setup():
+    """The flag names NETPOLL_URING_SETUP asks for (ValueError for an unknown name)."""
+    return _uring_setup_names(_env_setup_flags())
+
+
+def _uring_setup_names(unsigned int flags):
+    """The names of the IORING_SETUP_* flags in `flags` (tests, debugging)."""
+    names = [n for n, f in _SETUP_NAMES.items() if flags & <unsigned int>f]
+    if flags & IORING_SETUP_CLAMP:
+        names.insert(0, "clamp")
+    return names
+
+
+cdef unsigned int _uring_refused = 0   # tests: setup flags to treat as unknown to the kernel
+
+
+def _uring_refuse(flags):
+    """Tests: make io_uring_setup fail with EINVAL while any of these flag names is asked."""
+    global _uring_refused
+    cdef unsigned int m = 0
+    for name in flags:
+        m |= <unsigned int>_SETUP_NAMES[name]
+    _uring_refused = m
+
+
+cdef inline int _ring_try(np_ring* r, unsigned int entries, unsigned int flags) noexcept:
+    if flags & _uring_refused:
+        return -_errno.EINVAL
+    return np_ring_init(r, entries, flags)
+
+
+cdef int _ring_init(np_ring* r, unsigned int entries, unsigned int flags) except? -1:
+    # A kernel that does not know a flag refuses the whole setup with EINVAL:
+    # drop the optional flags one at a time (newest first), then CLAMP only.
+    cdef int rc = _ring_try(r, entries, flags)
+    cdef unsigned int f
+    for f in (IORING_SETUP_NO_SQARRAY, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SUBMIT_ALL,
+              IORING_SETUP_TASKRUN_FLAG, IORING_SETUP_COOP_TASKRUN):
+        if rc != -_errno.EINVAL or not (flags & f):
+            continue
+        flags &= ~f
+        if f == IORING_SETUP_COOP_TASKRUN:
+            flags &= ~IORING_SETUP_TASKRUN_FLAG      # only valid with COOP (or DEFER)
+        rc = _ring_try(r, entries, flags)
+    if rc == -_errno.EINVAL and flags != IORING_SETUP_CLAMP:
+        rc = _ring_try(r, entries, IORING_SETUP_CLAMP)
+    return rc
+
+
 cdef unsigned int _env_nbufs() except 0:
     # NETPOLL_URING_BUFS: provided buffers per poller (a power of two, 1..32768);
     # tests use a tiny ring to make it run dry (ENOBUFS)
@@ -164,7 +238,7 @@ cdef bint _send_model_wanted():
 cdef class _Ring:
 
     def __cinit__(self, unsigned int entries, bint want_recv=False):
-        cdef int rc = np_ring_init(&self.r, entries, IORING_SETUP_CLAMP)
+        cdef int rc = _ring_init(&self.r, entries, _env_setup_flags())
         if rc < 0:
             raise oserror(-rc, "io_uring_setup")
         self.send = _send_model_wanted()
