@@ -74,17 +74,21 @@ def test_default_flags_are_visible(run: Any, uring: None, setup_env: Any) -> Non
     assert flags, "no io_uring poller"
     for f in flags:
         assert f[0] == "clamp"
-        assert "coop_taskrun" in f and "taskrun_flag" in f     # Linux >= 5.19
+        # Linux >= 6.1; single_issuer and taskrun_flag come with defer_taskrun
+        assert {"defer_taskrun", "single_issuer", "taskrun_flag", "submit_all"} <= set(f)
 
 
 @needs_uring
 @pytest.mark.parametrize("spec", ["none", "coop_taskrun", "coop_taskrun,taskrun_flag",
                                   "single_issuer", "submit_all", "no_sqarray",
-                                  "coop_taskrun,taskrun_flag,single_issuer,submit_all"])
+                                  "coop_taskrun,taskrun_flag,single_issuer,submit_all",
+                                  "defer_taskrun", "defer_taskrun,submit_all,no_sqarray"])
 def test_each_flag_set_serves_echo(run: Any, uring: None, setup_env: Any, spec: str) -> None:
     setup_env(spec)
     flags = run(echo_round())
     want = [] if spec == "none" else spec.split(",")
+    if "defer_taskrun" in want:
+        want += ["single_issuer", "taskrun_flag"]      # implied
     for f in flags:
         assert f == ["clamp"] + [n for n in _core._uring_setup_names(0xFFFFFFFF)[1:] if n in want]
 
@@ -109,11 +113,12 @@ def test_an_unknown_flag_name_is_an_error(setup_env: Any) -> None:
     setup_env("none")
     assert _core._uring_env_setup() == ["clamp"]
     setup_env(None)
-    assert "coop_taskrun" in _core._uring_env_setup()
+    assert "defer_taskrun" in _core._uring_env_setup()
 
 
 @needs_uring
-@pytest.mark.parametrize("spec", [None, "coop_taskrun,taskrun_flag,single_issuer,submit_all"])
+@pytest.mark.parametrize("spec", [None, "coop_taskrun,taskrun_flag,single_issuer,submit_all",
+                                  "defer_taskrun", "defer_taskrun,submit_all,no_sqarray"])
 def test_loops_in_other_threads(uring: None, setup_env: Any, spec: str | None) -> None:
     # every loop has its own pollers, made in the loop's thread; two at once in
     # two threads, then (single_issuer binds a ring to its thread) the rings of
@@ -138,3 +143,55 @@ def test_loops_in_other_threads(uring: None, setup_env: Any, spec: str | None) -
     _core._forget_closed_loops()          # closes the other threads' rings here
     # and a loop here still works
     assert asyncio.run(echo_round(2, 5))
+
+
+@needs_uring
+@pytest.mark.parametrize("spec", [None, "coop_taskrun,taskrun_flag,single_issuer"])
+def test_pollers_made_in_another_thread_than_their_loop(uring: None, setup_env: Any,
+                                                        spec: str | None) -> None:
+    # configure(poller_num=...) makes the new pollers of a running loop in the
+    # calling thread; a single-issuer ring is bound to the thread of its first
+    # submit (it starts disabled), so the loop's thread can still use it
+    setup_env(spec)
+    started = threading.Event()
+    resized = threading.Event()
+    out: list[Any] = []
+
+    async def main() -> None:
+        el, ln, task = await start(plain_echo)
+        try:
+            started.set()
+            while not resized.is_set():
+                await asyncio.sleep(0.01)
+            pairs = [await asyncio.open_connection(*ln.addr) for _ in range(6)]
+            for i in range(10):
+                for _, w in pairs:
+                    w.write(b"y" * (i + 1))
+                for r, _ in pairs:
+                    assert await asyncio.wait_for(r.readexactly(i + 1), 5) == b"y" * (i + 1)
+            out.append(_core._uring_ring_flags(asyncio.get_running_loop()))
+            for _, w in pairs:
+                w.close()
+        finally:
+            await stop(el, task)
+
+    def worker() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            out.append(exc)
+
+    old = netpoll.get_config()["poller_num"]
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        assert started.wait(10)
+        netpoll.configure(poller_num=3)       # two new pollers, made in this thread
+        resized.set()
+        t.join(30)
+        assert not t.is_alive()
+    finally:
+        resized.set()
+        netpoll.configure(poller_num=old)
+    assert len(out) == 1 and isinstance(out[0], list), out
+    assert len(out[0]) == 3

@@ -41,6 +41,7 @@ cdef extern from "uring.h" nogil:
         unsigned sq_entries
         unsigned cq_entries
         unsigned setup_flags
+        int efd
 
     ctypedef struct np_cqe:
         unsigned long long user_data
@@ -56,6 +57,8 @@ cdef extern from "uring.h" nogil:
     int np_ring_reap(np_ring* r, np_cqe* out, int n)
     bint np_ring_cq_ready(np_ring* r)
     bint np_ring_taskrun(np_ring* r)
+    void np_ring_evfd_begin(np_ring* r)
+    int np_ring_evfd_end(np_ring* r)
     int np_ring_probe(np_ring* r, const unsigned char* ops, int n)
     void np_sqe_poll_add(io_uring_sqe* sqe, int fd, unsigned events, unsigned long long user_data)
     void np_sqe_poll_remove(io_uring_sqe* sqe, unsigned long long target,

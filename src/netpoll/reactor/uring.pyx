@@ -149,8 +149,9 @@ _SETUP_NAMES = {
     "single_issuer": IORING_SETUP_SINGLE_ISSUER,
     "submit_all": IORING_SETUP_SUBMIT_ALL,
     "no_sqarray": IORING_SETUP_NO_SQARRAY,
+    "defer_taskrun": IORING_SETUP_DEFER_TASKRUN,    # implies single_issuer, taskrun_flag
 }
-_SETUP_DEFAULT = "coop_taskrun,taskrun_flag,submit_all"
+_SETUP_DEFAULT = "defer_taskrun,submit_all"    # and the single_issuer, taskrun_flag it implies
 
 
 cdef unsigned int _env_setup_flags() except? 0:
@@ -165,6 +166,8 @@ cdef unsigned int _env_setup_flags() except? 0:
             raise ValueError(f"NETPOLL_URING_SETUP: unknown flag {name!r} "
                              f"(known: {', '.join(sorted(_SETUP_NAMES))})")
         flags |= <unsigned int>_SETUP_NAMES[name]
+    if flags & IORING_SETUP_DEFER_TASKRUN:
+        flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_TASKRUN_FLAG
     return flags
 
 
@@ -204,13 +207,15 @@ cdef int _ring_init(np_ring* r, unsigned int entries, unsigned int flags) except
     # drop the optional flags one at a time (newest first), then CLAMP only.
     cdef int rc = _ring_try(r, entries, flags)
     cdef unsigned int f
-    for f in (IORING_SETUP_NO_SQARRAY, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SUBMIT_ALL,
-              IORING_SETUP_TASKRUN_FLAG, IORING_SETUP_COOP_TASKRUN):
+    for f in (IORING_SETUP_NO_SQARRAY, IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER,
+              IORING_SETUP_SUBMIT_ALL, IORING_SETUP_TASKRUN_FLAG, IORING_SETUP_COOP_TASKRUN):
         if rc != -_errno.EINVAL or not (flags & f):
             continue
         flags &= ~f
-        if f == IORING_SETUP_COOP_TASKRUN:
-            flags &= ~IORING_SETUP_TASKRUN_FLAG      # only valid with COOP (or DEFER)
+        if f == IORING_SETUP_SINGLE_ISSUER:
+            flags &= ~IORING_SETUP_DEFER_TASKRUN     # needs SINGLE_ISSUER
+        if not (flags & (IORING_SETUP_COOP_TASKRUN | IORING_SETUP_DEFER_TASKRUN)):
+            flags &= ~IORING_SETUP_TASKRUN_FLAG      # needs COOP_TASKRUN or DEFER_TASKRUN
         rc = _ring_try(r, entries, flags)
     if rc == -_errno.EINVAL and flags != IORING_SETUP_CLAMP:
         rc = _ring_try(r, entries, IORING_SETUP_CLAMP)
@@ -289,7 +294,8 @@ cdef class _Ring:
         cdef unsigned int flags = 0
         if self.r.fd < 0:
             return 0
-        if np_ring_overflowed(&self.r):
+        if np_ring_overflowed(&self.r) or (self.r.efd >= 0 and np_ring_taskrun(&self.r)):
+            # CQ backlog to move in, or (DEFER_TASKRUN) completion work to run
             flags = IORING_ENTER_GETEVENTS
         elif np_ring_pending(&self.r) == 0:
             return 0
@@ -637,12 +643,17 @@ cdef int uring_take_input(Poller p) except -1:
 cdef int uring_pass(Poller p) except -1:
     """The I/O pass of an io_uring poller (Poller._on_ready says why it spins)."""
     cdef int rounds = 0, submitted
+    cdef bint deferred = p.ring.r.efd >= 0
     p.in_pass = True
+    if deferred:
+        np_ring_evfd_begin(&p.ring.r)
     try:
         while p.epfd >= 0:
             # the previous round's SENDs, re-arms and changes, in one io_uring_enter
+            # (DEFER_TASKRUN: with GETEVENTS while completion work waits, which
+            # runs it: the only place it runs)
             submitted = p.ring.flush()
-            if rounds >= p.spin and submitted == 0:
+            if rounds >= p.spin and submitted == 0 and not (deferred and np_ring_cq_ready(&p.ring.r)):
                 return 0
             # A SEND (MSG_DONTWAIT) completes inside that io_uring_enter: reap its
             # CQE now, in this pass - left in the ring it would wake the loop
@@ -657,6 +668,8 @@ cdef int uring_pass(Poller p) except -1:
         p.in_pass = False
         if p.epfd >= 0:
             p.ring.flush()         # re-arms and changes queued by the handlers
+            if deferred:
+                np_ring_evfd_end(&p.ring.r)     # wakes the loop again if work came meanwhile
     return 0
 
 
