@@ -4,7 +4,6 @@ with, the fallback when the kernel refuses a flag, and loops in other threads.""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any

@@ -13,11 +13,14 @@
 #             io_uring_enter per round submits all of them; completions are
 #             read from the mmapped CQ ring without a system call
 #
-# The ring fd is registered with the asyncio loop (add_reader), exactly like
-# the epoll fd: an io_uring fd polls readable while its CQ ring holds
-# completions. (No IORING_SETUP_DEFER_TASKRUN or COOP_TASKRUN: with those the
-# completion task_work would wait for our next io_uring_enter, and the loop's
-# epoll_wait on the ring fd would not wake.)
+# The loop watches the ring (add_reader), exactly like the epoll fd. Setup flags
+# (NETPOLL_URING_SETUP; _env_setup_flags): by default DEFER_TASKRUN with
+# SINGLE_ISSUER, TASKRUN_FLAG and SUBMIT_ALL. Completion work then runs only
+# inside our io_uring_enter(GETEVENTS), and queued work does not make the ring
+# fd readable, so the loop watches an eventfd registered with the ring instead
+# (uring_pass: np_ring_evfd_begin/end). Without DEFER_TASKRUN the ring fd
+# itself is watched: it polls readable while the CQ ring holds completions.
+# docs/design.md, "Setup flags, and who runs completions".
 #
 # The completion model (this build): one-shot POLL_ADD, re-armed
 # ----------------------------------------------------------------
