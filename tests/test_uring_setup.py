@@ -105,6 +105,17 @@ def test_a_refused_flag_falls_back(run: Any, uring: None, setup_env: Any) -> Non
         assert f == ["clamp"]
 
 
+@needs_uring
+def test_a_refused_defer_taskrun_falls_back_to_the_ring_fd(run: Any, uring: None,
+                                                          setup_env: Any) -> None:
+    # a kernel without DEFER_TASKRUN (< 6.1): the ring fd is watched again, no eventfd
+    setup_env(None)
+    _core._uring_refuse(["defer_taskrun"])
+    flags = run(echo_round())
+    for f in flags:
+        assert f == ["clamp", "single_issuer", "submit_all"]   # taskrun_flag needs COOP/DEFER
+
+
 def test_an_unknown_flag_name_is_an_error(setup_env: Any) -> None:
     setup_env("coop_taskrun,bogus")
     with pytest.raises(ValueError, match="bogus"):
@@ -159,6 +170,11 @@ def test_pollers_made_in_another_thread_than_their_loop(uring: None, setup_env: 
     async def main() -> None:
         el, ln, task = await start(plain_echo)
         try:
+            # one connection first: the loop's poller set exists (one poller, this thread)
+            r0, w0 = await asyncio.open_connection(*ln.addr)
+            w0.write(b"z")
+            assert await asyncio.wait_for(r0.readexactly(1), 5) == b"z"
+            assert len(_core._uring_ring_flags(asyncio.get_running_loop())) == 1
             started.set()
             while not resized.is_set():
                 await asyncio.sleep(0.01)
@@ -171,6 +187,7 @@ def test_pollers_made_in_another_thread_than_their_loop(uring: None, setup_env: 
             out.append(_core._uring_ring_flags(asyncio.get_running_loop()))
             for _, w in pairs:
                 w.close()
+            w0.close()
         finally:
             await stop(el, task)
 
