@@ -178,6 +178,7 @@ cdef class TimerHeap:
 cdef class Poller:
     """One epoll fd registered on an asyncio loop; does the I/O of its connections."""
     cdef int epfd
+    cdef int wfd                # the fd the loop watches: epfd, or a DEFER_TASKRUN ring's eventfd
     cdef object loop
     cdef epoll_event* events
     cdef int nevents

@@ -19,20 +19,29 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
+#include <sys/eventfd.h>
 #include <linux/io_uring.h>
+/* flags newer than some distributions' kernel headers (the running kernel
+ * decides: io_uring_setup refuses a flag it does not know with EINVAL) */
+#ifndef IORING_SETUP_NO_SQARRAY
+#define IORING_SETUP_NO_SQARRAY (1U << 16)
+#endif
 
 typedef struct np_ring {
     int fd;
     unsigned *sq_head, *sq_tail, *sq_mask, *sq_flags, *sq_array;
     unsigned sq_entries;
     struct io_uring_sqe *sqes;
-    unsigned *cq_head, *cq_tail, *cq_mask;
+    unsigned *cq_head, *cq_tail, *cq_mask, *cq_flags;
     unsigned cq_entries;
     struct io_uring_cqe *cqes;
     void *sq_ptr, *cq_ptr;
     size_t sq_sz, cq_sz, sqes_sz;
     unsigned sq_local_tail;     /* SQEs filled in, not yet published */
     unsigned sq_published;      /* tail published to the kernel, not yet entered */
+    unsigned setup_flags;       /* the IORING_SETUP_* flags the ring was made with */
+    int efd;                    /* DEFER_TASKRUN: the registered eventfd the loop watches, else -1 */
+    int disabled;               /* made with R_DISABLED: enabled by the first submit */
 } np_ring;
 
 typedef struct np_cqe {
@@ -47,12 +56,22 @@ static inline int np_ring_init(np_ring *r, unsigned entries, unsigned flags)
     int fd, err;
     memset(r, 0, sizeof(*r));
     r->fd = -1;
+    r->efd = -1;
     memset(&p, 0, sizeof(p));
     p.flags = flags;
+    /* SINGLE_ISSUER binds the ring to the thread that makes it, unless it
+     * starts disabled: then to the thread that enables it. Pollers may be
+     * made in another thread than their loop's (configure(poller_num=...)),
+     * so such a ring is enabled by its first submit (np_ring_submit). */
+    if (flags & IORING_SETUP_SINGLE_ISSUER)
+        p.flags |= IORING_SETUP_R_DISABLED;
     fd = (int)syscall(__NR_io_uring_setup, entries, &p);
     if (fd < 0)
         return -errno;
     r->fd = fd;
+    r->setup_flags = flags;
+    r->disabled = (flags & IORING_SETUP_SINGLE_ISSUER) != 0;
+    /* IORING_SETUP_NO_SQARRAY: no index array, SQE i is tail & mask (sq_off.array is 0) */
     r->sq_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     r->cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
     if (p.features & IORING_FEAT_SINGLE_MMAP) {
@@ -90,15 +109,35 @@ static inline int np_ring_init(np_ring *r, unsigned entries, unsigned flags)
     r->sq_tail = (unsigned *)((char *)r->sq_ptr + p.sq_off.tail);
     r->sq_mask = (unsigned *)((char *)r->sq_ptr + p.sq_off.ring_mask);
     r->sq_flags = (unsigned *)((char *)r->sq_ptr + p.sq_off.flags);
-    r->sq_array = (unsigned *)((char *)r->sq_ptr + p.sq_off.array);
+    r->sq_array = (flags & IORING_SETUP_NO_SQARRAY) ? NULL
+                  : (unsigned *)((char *)r->sq_ptr + p.sq_off.array);
     r->sq_entries = p.sq_entries;
     r->cq_head = (unsigned *)((char *)r->cq_ptr + p.cq_off.head);
     r->cq_tail = (unsigned *)((char *)r->cq_ptr + p.cq_off.tail);
     r->cq_mask = (unsigned *)((char *)r->cq_ptr + p.cq_off.ring_mask);
+    r->cq_flags = (unsigned *)((char *)r->cq_ptr + p.cq_off.flags);
     r->cq_entries = p.cq_entries;
     r->cqes = (struct io_uring_cqe *)((char *)r->cq_ptr + p.cq_off.cqes);
     r->sq_local_tail = *r->sq_tail;
     r->sq_published = 0;
+    r->efd = -1;
+    if (flags & IORING_SETUP_DEFER_TASKRUN) {
+        /* Completion work of a DEFER_TASKRUN ring runs only inside our
+         * io_uring_enter(GETEVENTS), and work queued for it does not make the
+         * ring fd poll readable (checked on 6.18: an epoll_wait on the ring fd
+         * sleeps through it). The kernel does signal a registered eventfd when
+         * it queues such work: that eventfd is what the loop watches. */
+        r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (r->efd < 0) {
+            err = errno;
+            goto fail;
+        }
+        if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_EVENTFD, &r->efd, 1) < 0) {
+            err = errno;
+            close(r->efd);
+            goto fail;
+        }
+    }
     return 0;
 fail:
     if (r->sqes) munmap(r->sqes, r->sqes_sz);
@@ -107,6 +146,7 @@ fail:
     close(fd);
     memset(r, 0, sizeof(*r));
     r->fd = -1;
+    r->efd = -1;
     return -err;
 }
 
@@ -118,8 +158,37 @@ static inline void np_ring_exit(np_ring *r)
     if (r->cq_ptr && r->cq_ptr != r->sq_ptr) munmap(r->cq_ptr, r->cq_sz);
     if (r->sq_ptr) munmap(r->sq_ptr, r->sq_sz);
     close(r->fd);
+    if (r->efd >= 0)
+        close(r->efd);
     memset(r, 0, sizeof(*r));
     r->fd = -1;
+    r->efd = -1;
+}
+/* DEFER_TASKRUN, the start of a pass: consume the eventfd's count and stop
+ * the kernel from signalling it for the CQEs our own io_uring_enter posts
+ * (IORING_CQ_EVENTFD_DISABLED). */
+static inline void np_ring_evfd_begin(np_ring *r)
+{
+    unsigned long long v;
+    ssize_t rc = read(r->efd, &v, sizeof(v));
+    (void)rc;
+    __atomic_store_n(r->cq_flags, *r->cq_flags | IORING_CQ_EVENTFD_DISABLED, __ATOMIC_RELAXED);
+}
+/* The end of a pass: signal again; if completions or completion work came
+ * while it was off (the kernel signals only for the first queued work item,
+ * and sets IORING_SQ_TASKRUN then), wake the loop ourselves. Returns 1 then. */
+static inline int np_ring_evfd_end(np_ring *r)
+{
+    unsigned long long one = 1;
+    __atomic_store_n(r->cq_flags, *r->cq_flags & ~IORING_CQ_EVENTFD_DISABLED, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if ((__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN)
+            || __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE) != *r->cq_head) {
+        ssize_t rc = write(r->efd, &one, sizeof(one));
+        (void)rc;
+        return 1;
+    }
+    return 0;
 }
 
 /* SQEs queued (filled or published) and not yet handed to io_uring_enter. */
@@ -138,7 +207,8 @@ static inline struct io_uring_sqe *np_ring_sqe(np_ring *r)
     idx = r->sq_local_tail & *r->sq_mask;
     sqe = &r->sqes[idx];
     memset(sqe, 0, sizeof(*sqe));
-    r->sq_array[idx] = idx;
+    if (r->sq_array)
+        r->sq_array[idx] = idx;
     r->sq_local_tail++;
     return sqe;
 }
@@ -157,6 +227,11 @@ static inline int np_ring_submit(np_ring *r, unsigned min_complete, unsigned fla
     n = r->sq_published;
     if (n == 0 && min_complete == 0 && !(flags & IORING_ENTER_GETEVENTS))
         return 0;
+    if (r->disabled) {
+        if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+            return -errno;
+        r->disabled = 0;
+    }
     do {
         ret = (int)syscall(__NR_io_uring_enter, r->fd, n, min_complete, flags, NULL, 0);
     } while (ret < 0 && errno == EINTR);
@@ -194,6 +269,12 @@ static inline int np_ring_reap(np_ring *r, np_cqe *out, int n)
     return i;
 }
 
+/* IORING_SETUP_TASKRUN_FLAG: completion work is waiting for our next
+ * io_uring_enter (IORING_SQ_TASKRUN). */
+static inline int np_ring_taskrun(np_ring *r)
+{
+    return (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) != 0;
+}
 static inline int np_ring_cq_ready(np_ring *r)
 {
     return __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE) != *r->cq_head;
@@ -345,12 +426,22 @@ static inline int np_ring_cancel_all(np_ring *r)
 /* Teardown order: cancel synchronously, close the ring, then unmap the buffers. */
 static inline void np_pbuf_teardown(np_ring *r, np_pbuf *b)
 {
+    int leak = 0;
     if (r->fd >= 0) {
-        np_ring_cancel_all(r);
+        /* IORING_SETUP_SINGLE_ISSUER: only the thread that made the ring may
+         * register (EEXIST from any other). Closed from another thread, the
+         * kernel cancels in the background, so the buffers are left mapped
+         * (leaked) rather than unmapped under a request that may still write. */
+        if (!r->disabled)       /* still disabled: nothing was ever submitted */
+            leak = np_ring_cancel_all(r) < 0 && (r->setup_flags & IORING_SETUP_SINGLE_ISSUER);
         np_ring_exit(r);
     }
     if (b == NULL)
         return;
+    if (leak && b->mem) {
+        memset(b, 0, sizeof(*b));
+        return;
+    }
     if (b->mem) munmap(b->mem, b->mem_sz);
     if (b->br) munmap(b->br, b->br_sz);
     memset(b, 0, sizeof(*b));

@@ -14,6 +14,12 @@ cdef extern from "<linux/io_uring.h>" nogil:
         IORING_CQE_F_BUFFER
         IORING_CQE_BUFFER_SHIFT
         IORING_SETUP_CLAMP
+        IORING_SETUP_SUBMIT_ALL
+        IORING_SETUP_COOP_TASKRUN
+        IORING_SETUP_TASKRUN_FLAG
+        IORING_SETUP_SINGLE_ISSUER
+        IORING_SETUP_DEFER_TASKRUN
+        IORING_SETUP_NO_SQARRAY
         IORING_ENTER_GETEVENTS
         IORING_CQE_F_MORE
 
@@ -34,6 +40,8 @@ cdef extern from "uring.h" nogil:
         int fd
         unsigned sq_entries
         unsigned cq_entries
+        unsigned setup_flags
+        int efd
 
     ctypedef struct np_cqe:
         unsigned long long user_data
@@ -48,6 +56,9 @@ cdef extern from "uring.h" nogil:
     bint np_ring_overflowed(np_ring* r)
     int np_ring_reap(np_ring* r, np_cqe* out, int n)
     bint np_ring_cq_ready(np_ring* r)
+    bint np_ring_taskrun(np_ring* r)
+    void np_ring_evfd_begin(np_ring* r)
+    int np_ring_evfd_end(np_ring* r)
     int np_ring_probe(np_ring* r, const unsigned char* ops, int n)
     void np_sqe_poll_add(io_uring_sqe* sqe, int fd, unsigned events, unsigned long long user_data)
     void np_sqe_poll_remove(io_uring_sqe* sqe, unsigned long long target,

@@ -219,3 +219,13 @@ cdef int _env_backend() except -1:
 
 
 _env_backend()
+
+
+@cython.binding(True)
+def _uring_ring_flags(loop):
+    """The IORING_SETUP_* flag names of each io_uring poller of `loop` (tests)."""
+    ps = _pollers.get(loop)
+    if ps is None:
+        return []
+    return [_uring_setup_names((<Poller>p).ring.r.setup_flags)
+            for p in (<_PollerSet>ps).pollers if (<Poller>p).uring]

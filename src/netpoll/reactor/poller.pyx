@@ -55,6 +55,7 @@ cdef class Poller:
 
     def __cinit__(self, loop):
         self.epfd = -1
+        self.wfd = -1
         if config.backend == "io_uring":
             # the io_uring backend (reactor/uring.pyx): epfd is the ring fd
             self.ring = _Ring(URING_ENTRIES, _recv_model_wanted())
@@ -62,6 +63,7 @@ cdef class Poller:
             self.polls = {}
             self.next_id = 4          # a multiple of 4; the low two bits say the kind (ID_POLL...)
             self.epfd = self.ring.r.fd
+            self.wfd = self.ring.r.efd if self.ring.r.efd >= 0 else self.epfd
         else:
             self.epfd = epoll_create1(EPOLL_CLOEXEC)
             if self.epfd < 0:
@@ -72,6 +74,8 @@ cdef class Poller:
                 close(self.epfd)
                 self.epfd = -1
                 raise MemoryError()
+        if self.wfd < 0:
+            self.wfd = self.epfd
         self.loop = loop
         self.conns = set()
         self.ready = []
@@ -81,7 +85,7 @@ cdef class Poller:
         self.live_ptrs = set()
         self.timers = TimerHeap(self, loop)
         self.spin = config.spin
-        loop.add_reader(self.epfd, self._on_ready)
+        loop.add_reader(self.wfd, self._on_ready)
 
     def __dealloc__(self):
         if self.events != NULL:
@@ -99,7 +103,7 @@ cdef class Poller:
         if self.epfd >= 0:
             if not self.loop.is_closed():
                 try:
-                    self.loop.remove_reader(self.epfd)
+                    self.loop.remove_reader(self.wfd)
                 except Exception:
                     pass
             if self.uring:

@@ -13,11 +13,14 @@
 #             io_uring_enter per round submits all of them; completions are
 #             read from the mmapped CQ ring without a system call
 #
-# The ring fd is registered with the asyncio loop (add_reader), exactly like
-# the epoll fd: an io_uring fd polls readable while its CQ ring holds
-# completions. (No IORING_SETUP_DEFER_TASKRUN or COOP_TASKRUN: with those the
-# completion task_work would wait for our next io_uring_enter, and the loop's
-# epoll_wait on the ring fd would not wake.)
+# The loop watches the ring (add_reader), exactly like the epoll fd. Setup flags
+# (NETPOLL_URING_SETUP; _env_setup_flags): by default DEFER_TASKRUN with
+# SINGLE_ISSUER, TASKRUN_FLAG and SUBMIT_ALL. Completion work then runs only
+# inside our io_uring_enter(GETEVENTS), and queued work does not make the ring
+# fd readable, so the loop watches an eventfd registered with the ring instead
+# (uring_pass: np_ring_evfd_begin/end). Without DEFER_TASKRUN the ring fd
+# itself is watched: it polls readable while the CQ ring holds completions.
+# docs/design.md, "Setup flags, and who runs completions".
 #
 # The completion model (this build): one-shot POLL_ADD, re-armed
 # ----------------------------------------------------------------
@@ -143,6 +146,85 @@ def _uring_debug():
             "enobufs": uring_enobufs}
 
 
+_SETUP_NAMES = {
+    "coop_taskrun": IORING_SETUP_COOP_TASKRUN,
+    "taskrun_flag": IORING_SETUP_TASKRUN_FLAG,
+    "single_issuer": IORING_SETUP_SINGLE_ISSUER,
+    "submit_all": IORING_SETUP_SUBMIT_ALL,
+    "no_sqarray": IORING_SETUP_NO_SQARRAY,
+    "defer_taskrun": IORING_SETUP_DEFER_TASKRUN,    # implies single_issuer, taskrun_flag
+}
+_SETUP_DEFAULT = "defer_taskrun,submit_all"    # and the single_issuer, taskrun_flag it implies
+
+
+cdef unsigned int _env_setup_flags() except? 0:
+    # NETPOLL_URING_SETUP: the ring's IORING_SETUP_* flags beyond CLAMP, as
+    # comma-separated names (_SETUP_NAMES); "" or "none" for CLAMP only.
+    cdef unsigned int flags = IORING_SETUP_CLAMP
+    spec = os.environ.get("NETPOLL_URING_SETUP", _SETUP_DEFAULT)
+    for name in spec.replace(" ", "").lower().split(","):
+        if name in ("", "none"):
+            continue
+        if name not in _SETUP_NAMES:
+            raise ValueError(f"NETPOLL_URING_SETUP: unknown flag {name!r} "
+                             f"(known: {', '.join(sorted(_SETUP_NAMES))})")
+        flags |= <unsigned int>_SETUP_NAMES[name]
+    if flags & IORING_SETUP_DEFER_TASKRUN:
+        flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_TASKRUN_FLAG
+    return flags
+
+
+def _uring_env_setup():
+    """The flag names NETPOLL_URING_SETUP asks for (ValueError for an unknown name)."""
+    return _uring_setup_names(_env_setup_flags())
+
+
+def _uring_setup_names(unsigned int flags):
+    """The names of the IORING_SETUP_* flags in `flags` (tests, debugging)."""
+    names = [n for n, f in _SETUP_NAMES.items() if flags & <unsigned int>f]
+    if flags & IORING_SETUP_CLAMP:
+        names.insert(0, "clamp")
+    return names
+
+
+cdef unsigned int _uring_refused = 0   # tests: setup flags to treat as unknown to the kernel
+
+
+def _uring_refuse(flags):
+    """Tests: make io_uring_setup fail with EINVAL while any of these flag names is asked."""
+    global _uring_refused
+    cdef unsigned int m = 0
+    for name in flags:
+        m |= <unsigned int>_SETUP_NAMES[name]
+    _uring_refused = m
+
+
+cdef inline int _ring_try(np_ring* r, unsigned int entries, unsigned int flags) noexcept:
+    if flags & _uring_refused:
+        return -_errno.EINVAL
+    return np_ring_init(r, entries, flags)
+
+
+cdef int _ring_init(np_ring* r, unsigned int entries, unsigned int flags) except? -1:
+    # A kernel that does not know a flag refuses the whole setup with EINVAL:
+    # drop the optional flags one at a time (newest first), then CLAMP only.
+    cdef int rc = _ring_try(r, entries, flags)
+    cdef unsigned int f
+    for f in (IORING_SETUP_NO_SQARRAY, IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER,
+              IORING_SETUP_SUBMIT_ALL, IORING_SETUP_TASKRUN_FLAG, IORING_SETUP_COOP_TASKRUN):
+        if rc != -_errno.EINVAL or not (flags & f):
+            continue
+        flags &= ~f
+        if f == IORING_SETUP_SINGLE_ISSUER:
+            flags &= ~IORING_SETUP_DEFER_TASKRUN     # needs SINGLE_ISSUER
+        if not (flags & (IORING_SETUP_COOP_TASKRUN | IORING_SETUP_DEFER_TASKRUN)):
+            flags &= ~IORING_SETUP_TASKRUN_FLAG      # needs COOP_TASKRUN or DEFER_TASKRUN
+        rc = _ring_try(r, entries, flags)
+    if rc == -_errno.EINVAL and flags != IORING_SETUP_CLAMP:
+        rc = _ring_try(r, entries, IORING_SETUP_CLAMP)
+    return rc
+
+
 cdef unsigned int _env_nbufs() except 0:
     # NETPOLL_URING_BUFS: provided buffers per poller (a power of two, 1..32768);
     # tests use a tiny ring to make it run dry (ENOBUFS)
@@ -164,7 +246,7 @@ cdef bint _send_model_wanted():
 cdef class _Ring:
 
     def __cinit__(self, unsigned int entries, bint want_recv=False):
-        cdef int rc = np_ring_init(&self.r, entries, IORING_SETUP_CLAMP)
+        cdef int rc = _ring_init(&self.r, entries, _env_setup_flags())
         if rc < 0:
             raise oserror(-rc, "io_uring_setup")
         self.send = _send_model_wanted()
@@ -215,7 +297,8 @@ cdef class _Ring:
         cdef unsigned int flags = 0
         if self.r.fd < 0:
             return 0
-        if np_ring_overflowed(&self.r):
+        if np_ring_overflowed(&self.r) or (self.r.efd >= 0 and np_ring_taskrun(&self.r)):
+            # CQ backlog to move in, or (DEFER_TASKRUN) completion work to run
             flags = IORING_ENTER_GETEVENTS
         elif np_ring_pending(&self.r) == 0:
             return 0
@@ -565,12 +648,17 @@ cdef int uring_take_input(Poller p) except -1:
 cdef int uring_pass(Poller p) except -1:
     """The I/O pass of an io_uring poller (Poller._on_ready says why it spins)."""
     cdef int rounds = 0, submitted
+    cdef bint deferred = p.ring.r.efd >= 0
     p.in_pass = True
+    if deferred:
+        np_ring_evfd_begin(&p.ring.r)
     try:
         while p.epfd >= 0:
             # the previous round's SENDs, re-arms and changes, in one io_uring_enter
+            # (DEFER_TASKRUN: with GETEVENTS while completion work waits, which
+            # runs it: the only place it runs)
             submitted = p.ring.flush()
-            if rounds >= p.spin and submitted == 0:
+            if rounds >= p.spin and submitted == 0 and not (deferred and np_ring_cq_ready(&p.ring.r)):
                 return 0
             # A SEND (MSG_DONTWAIT) completes inside that io_uring_enter: reap its
             # CQE now, in this pass - left in the ring it would wake the loop
@@ -587,6 +675,8 @@ cdef int uring_pass(Poller p) except -1:
             p.hand_off_wakeups()   # a walk raised before its run_pending
         if p.epfd >= 0:
             p.ring.flush()         # re-arms and changes queued by the handlers
+            if deferred:
+                np_ring_evfd_end(&p.ring.r)     # wakes the loop again if work came meanwhile
     return 0
 
 

@@ -1,0 +1,213 @@
+"""The io_uring ring's setup flags (NETPOLL_URING_SETUP): what the ring is made
+with, the fallback when the kernel refuses a flag, and loops in other threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import netpoll
+from conftest import start, stop
+from netpoll import Connection, _core
+
+pytestmark = pytest.mark.timeout(60)
+
+WHY = _core._uring_probe()[1]
+needs_uring = pytest.mark.skipif(bool(WHY), reason=f"io_uring unavailable here: {WHY}")
+
+
+@pytest.fixture
+def uring() -> Iterator[None]:
+    before = netpoll.get_config()["backend"]
+    netpoll.configure(backend="io_uring")
+    try:
+        yield
+    finally:
+        netpoll.configure(backend=before)
+
+
+@pytest.fixture
+def setup_env(monkeypatch: Any) -> Iterator[Any]:
+    def use(spec: str | None) -> None:
+        if spec is None:
+            monkeypatch.delenv("NETPOLL_URING_SETUP", raising=False)
+        else:
+            monkeypatch.setenv("NETPOLL_URING_SETUP", spec)
+    yield use
+    _core._uring_refuse(())
+
+
+def plain_echo(ctx: Any, conn: Connection) -> None:
+    buf = conn.input
+    conn.write_buffer(buf.slice(len(buf)))
+    conn.flush_nowait()
+
+
+async def echo_round(n_conns: int = 8, rounds: int = 20) -> list[list[str]]:
+    """Serve plain_echo, ping-pong over n_conns loopback connections; the ring flags."""
+    el, ln, task = await start(plain_echo)
+    try:
+        pairs = [await asyncio.open_connection(*ln.addr) for _ in range(n_conns)]
+        for i in range(rounds):
+            msg = b"x" * (1 + i * 37)
+            for _, w in pairs:
+                w.write(msg)
+            for r, _ in pairs:
+                assert await asyncio.wait_for(r.readexactly(len(msg)), 5) == msg
+        flags = _core._uring_ring_flags(asyncio.get_running_loop())
+        for _, w in pairs:
+            w.close()
+        return flags
+    finally:
+        await stop(el, task)
+
+
+@needs_uring
+def test_default_flags_are_visible(run: Any, uring: None, setup_env: Any) -> None:
+    setup_env(None)
+    flags = run(echo_round())
+    assert flags, "no io_uring poller"
+    for f in flags:
+        assert f[0] == "clamp"
+        # Linux >= 6.1; single_issuer and taskrun_flag come with defer_taskrun
+        assert {"defer_taskrun", "single_issuer", "taskrun_flag", "submit_all"} <= set(f)
+
+
+@needs_uring
+@pytest.mark.parametrize("spec", ["none", "coop_taskrun", "coop_taskrun,taskrun_flag",
+                                  "single_issuer", "submit_all", "no_sqarray",
+                                  "coop_taskrun,taskrun_flag,single_issuer,submit_all",
+                                  "defer_taskrun", "defer_taskrun,submit_all,no_sqarray"])
+def test_each_flag_set_serves_echo(run: Any, uring: None, setup_env: Any, spec: str) -> None:
+    setup_env(spec)
+    flags = run(echo_round())
+    want = [] if spec == "none" else spec.split(",")
+    if "defer_taskrun" in want:
+        want += ["single_issuer", "taskrun_flag"]      # implied
+    for f in flags:
+        assert f == ["clamp"] + [n for n in _core._uring_setup_names(0xFFFFFFFF)[1:] if n in want]
+
+
+@needs_uring
+def test_a_refused_flag_falls_back(run: Any, uring: None, setup_env: Any) -> None:
+    setup_env("coop_taskrun,taskrun_flag,single_issuer")
+    _core._uring_refuse(["single_issuer"])
+    flags = run(echo_round())
+    for f in flags:
+        assert "single_issuer" not in f and "coop_taskrun" in f
+    _core._uring_refuse(["coop_taskrun"])      # TASKRUN_FLAG alone is invalid: both go
+    flags = run(echo_round())
+    for f in flags:
+        assert f == ["clamp"]
+
+
+@needs_uring
+def test_a_refused_defer_taskrun_falls_back_to_the_ring_fd(run: Any, uring: None,
+                                                          setup_env: Any) -> None:
+    # a kernel without DEFER_TASKRUN (< 6.1): the ring fd is watched again, no eventfd
+    setup_env(None)
+    _core._uring_refuse(["defer_taskrun"])
+    flags = run(echo_round())
+    for f in flags:
+        assert f == ["clamp", "single_issuer", "submit_all"]   # taskrun_flag needs COOP/DEFER
+
+
+def test_an_unknown_flag_name_is_an_error(setup_env: Any) -> None:
+    setup_env("coop_taskrun,bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        _core._uring_env_setup()
+    setup_env("none")
+    assert _core._uring_env_setup() == ["clamp"]
+    setup_env(None)
+    assert "defer_taskrun" in _core._uring_env_setup()
+
+
+@needs_uring
+@pytest.mark.parametrize("spec", [None, "coop_taskrun,taskrun_flag,single_issuer,submit_all",
+                                  "defer_taskrun", "defer_taskrun,submit_all,no_sqarray"])
+def test_loops_in_other_threads(uring: None, setup_env: Any, spec: str | None) -> None:
+    # every loop has its own pollers, made in the loop's thread; two at once in
+    # two threads, then (single_issuer binds a ring to its thread) the rings of
+    # those closed loops are released from this thread
+    setup_env(spec)
+    out: dict[int, Any] = {}
+
+    def worker(i: int) -> None:
+        try:
+            out[i] = asyncio.run(echo_round(4, 10))
+        except BaseException as exc:      # reported below
+            out[i] = exc
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+        assert not t.is_alive()
+    for i in range(2):
+        assert isinstance(out[i], list) and out[i], out[i]
+    _core._forget_closed_loops()          # closes the other threads' rings here
+    # and a loop here still works
+    assert asyncio.run(echo_round(2, 5))
+
+
+@needs_uring
+@pytest.mark.parametrize("spec", [None, "coop_taskrun,taskrun_flag,single_issuer"])
+def test_pollers_made_in_another_thread_than_their_loop(uring: None, setup_env: Any,
+                                                        spec: str | None) -> None:
+    # configure(poller_num=...) makes the new pollers of a running loop in the
+    # calling thread; a single-issuer ring is bound to the thread of its first
+    # submit (it starts disabled), so the loop's thread can still use it
+    setup_env(spec)
+    started = threading.Event()
+    resized = threading.Event()
+    out: list[Any] = []
+
+    async def main() -> None:
+        el, ln, task = await start(plain_echo)
+        try:
+            # one connection first: the loop's poller set exists (one poller, this thread)
+            r0, w0 = await asyncio.open_connection(*ln.addr)
+            w0.write(b"z")
+            assert await asyncio.wait_for(r0.readexactly(1), 5) == b"z"
+            assert len(_core._uring_ring_flags(asyncio.get_running_loop())) == 1
+            started.set()
+            while not resized.is_set():
+                await asyncio.sleep(0.01)
+            pairs = [await asyncio.open_connection(*ln.addr) for _ in range(6)]
+            for i in range(10):
+                for _, w in pairs:
+                    w.write(b"y" * (i + 1))
+                for r, _ in pairs:
+                    assert await asyncio.wait_for(r.readexactly(i + 1), 5) == b"y" * (i + 1)
+            out.append(_core._uring_ring_flags(asyncio.get_running_loop()))
+            for _, w in pairs:
+                w.close()
+            w0.close()
+        finally:
+            await stop(el, task)
+
+    def worker() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            out.append(exc)
+
+    old = netpoll.get_config()["poller_num"]
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        assert started.wait(10)
+        netpoll.configure(poller_num=3)       # two new pollers, made in this thread
+        resized.set()
+        t.join(30)
+        assert not t.is_alive()
+    finally:
+        resized.set()
+        netpoll.configure(poller_num=old)
+    assert len(out) == 1 and isinstance(out[0], list), out
+    assert len(out[0]) == 3
