@@ -42,6 +42,8 @@ SUBSET = [
     "tests/test_tls.py",
     "tests/test_transports.py",
     "tests/test_transport_core.py",
+    "tests/test_streams_core.py",
+    "tests/test_waiter.py",
     "tests/test_fuzz.py::test_linkbuffer_fuzz_random",
     "tests/test_fuzz.py::test_parser_fuzz_random",
 ]
