@@ -426,6 +426,8 @@ SUITES = ["tests/test_connection.py", "tests/test_eventloop.py", "tests/test_dia
 @needs_uring
 @pytest.mark.skipif(os.environ.get("NETPOLL_BACKEND") == "io_uring",
                     reason="the whole suite already runs on io_uring (NETPOLL_BACKEND=io_uring)")
+@pytest.mark.skipif(os.environ.get("NETPOLL_CI_URING_PASS") == "1",
+                    reason="CI runs the whole suite on io_uring in its second pass (.ci/run)")
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("suite", SUITES)
 def test_suite_on_io_uring(suite: str) -> None:

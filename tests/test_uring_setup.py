@@ -4,6 +4,7 @@ with, the fallback when the kernel refuses a flag, and loops in other threads.""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -210,3 +211,59 @@ def test_pollers_made_in_another_thread_than_their_loop(uring: None, setup_env: 
         netpoll.configure(poller_num=old)
     assert len(out) == 1 and isinstance(out[0], list), out
     assert len(out[0]) == 3
+
+
+@needs_uring
+@pytest.mark.parametrize("spec", [None, "coop_taskrun,taskrun_flag", "defer_taskrun",
+                                  "defer_taskrun,submit_all"])
+@pytest.mark.parametrize("model", ["multishot", "one-shot", "poll"])
+def test_close_outside_the_pass_sends_fin_at_once(run: Any, uring: None, setup_env: Any,
+                                                  monkeypatch: Any, spec: str | None,
+                                                  model: str) -> None:
+    # conn.close() from a Task or a timer (outside the poller's pass) must put the
+    # FIN on the wire before it returns, as close(2) does on epoll: with
+    # DEFER_TASKRUN the cancelled recv/poll kept the socket's file open until the
+    # loop's next pass, so a peer waiting while the loop was busy saw nothing
+    setup_env(spec)
+    kw: dict[str, Any] = {}
+    if model == "one-shot":
+        kw["read_buffer_limit"] = 1 << 16
+    if model == "poll":
+        monkeypatch.setenv("NETPOLL_URING_RECV", "0")
+    conns: list[Connection] = []
+
+    def on_connect(ctx: Any, conn: Connection) -> Any:
+        conns.append(conn)
+        return ctx
+
+    async def main() -> None:
+        el, ln, task = await start(plain_echo, on_connect=on_connect, **kw)
+        try:
+            for i in range(5):
+                s = socket.create_connection(ln.addr)
+                try:
+                    s.sendall(b"ping")
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + 5
+                    got = b""
+                    s.setblocking(False)
+                    while got != b"ping":
+                        assert loop.time() < deadline, "no echo"
+                        await asyncio.sleep(0.005)
+                        try:
+                            got += s.recv(16)
+                        except BlockingIOError:
+                            pass
+                    conn = conns[-1]
+                    if i % 2:
+                        await asyncio.sleep(0.01)     # a quiet loop: no pass pending
+                    conn.close()
+                    # the loop does not run until the peer has its FIN
+                    s.settimeout(3)
+                    assert s.recv(16) == b"", "no FIN"
+                finally:
+                    s.close()
+        finally:
+            await stop(el, task)
+
+    run(main(), timeout=30)

@@ -136,6 +136,8 @@ cdef class _Ring:
     cdef io_uring_sqe* sqe(self) except NULL
     # The next free SQE (submits the queued ones first when the SQ is full).
     cdef int flush(self) except -1
+    cdef int enter(self, unsigned int flags) except -1
+    cdef int flush_removal(self) except -1
     # One io_uring_enter for every queued SQE (and the CQ overflow backlog).
     cdef int close(self) except -1
 
@@ -494,6 +496,8 @@ cdef class TransportCore:
 
     cdef int deliver(self) except -1
     cdef int deliver_stream(self) except -1
+    cdef int deliver_eof(self, Connection c) except -1
+    cdef int deliver_end(self, Connection c) except -1
     # After the pass (or from a loop callback): hand the protocol what is due.
     cdef int deliver_buffered(self) except -1
     cdef int on_writable(self) except -1

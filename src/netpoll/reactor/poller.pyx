@@ -185,7 +185,7 @@ cdef class Poller:
                 # cancelled the kernel keeps the socket open
                 uring_disarm(self, c)
                 uring_cancel_recv(self, c)
-                self.ring.flush()
+                self.ring.flush_removal()
             except Exception as exc:
                 config.logger.error("netpoll: io_uring poll removal failed (fd %d)",
                                     c.fd, exc_info=exc)

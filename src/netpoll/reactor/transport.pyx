@@ -154,27 +154,38 @@ cdef class TransportCore:
                     c.inbuf.release_keep(c.book_size)
             if self.reader_on and c.peer_eof and not self.eof_seen and c.inbuf.length == 0 \
                     and not n:
-                self.eof_seen = True
-                exc = c.close_error
-                if exc is not None:
-                    return self.c_fatal_error(exc, "Fatal read error on socket transport")
-                if self.loop.get_debug():
-                    _aio_logger.debug("%r received EOF", self.transport)
-                try:
-                    keep_open = self.protocol.eof_received()
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    return self.c_fatal_error(
-                        exc, "Fatal error: protocol.eof_received() call failed.")
-                if self.conn_lost:
+                if self.deliver_eof(c):
                     return 0
-                if keep_open:
-                    self.reader_on = False       # writing goes on; nothing more to read
-                    c.set_reading(False)
-                else:
-                    self.close()
-                    return 0
+        return self.deliver_end(c)
+
+    cdef int deliver_eof(self, Connection c) except -1:
+        # The peer's EOF (or the read error) once every byte before it is handed
+        # over: eof_received(), then half-open or close. 1: deliver() stops there.
+        self.eof_seen = True
+        exc = c.close_error
+        if exc is not None:
+            self.c_fatal_error(exc, "Fatal read error on socket transport")
+            return 1
+        if self.loop.get_debug():
+            _aio_logger.debug("%r received EOF", self.transport)
+        try:
+            keep_open = self.protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.c_fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return 1
+        if self.conn_lost:
+            return 1
+        if keep_open:
+            self.reader_on = False       # writing goes on; nothing more to read
+            c.set_reading(False)
+            return 0
+        self.close()
+        return 1
+
+    cdef int deliver_end(self, Connection c) except -1:
+        # after the input: resume a paused protocol, finish a close that waited
         if self.protocol_paused:
             self.maybe_resume()              # (may write more)
         if self.closing and not c.writing and c.outbuf.length == 0 and not self.conn_lost \
@@ -203,34 +214,9 @@ cdef class TransportCore:
                 if c.finished or self.conn_lost:
                     return 0
             if self.reader_on and c.peer_eof and not self.eof_seen and not n:
-                self.eof_seen = True
-                exc = c.close_error
-                if exc is not None:
-                    return self.c_fatal_error(exc, "Fatal read error on socket transport")
-                if self.loop.get_debug():
-                    _aio_logger.debug("%r received EOF", self.transport)
-                try:
-                    keep_open = self.protocol.eof_received()
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    return self.c_fatal_error(
-                        exc, "Fatal error: protocol.eof_received() call failed.")
-                if self.conn_lost:
+                if self.deliver_eof(c):
                     return 0
-                if keep_open:
-                    self.reader_on = False
-                    c.set_reading(False)
-                else:
-                    self.close()
-                    return 0
-        if self.protocol_paused:
-            self.maybe_resume()
-        if self.closing and not c.writing and c.outbuf.length == 0 and not self.conn_lost \
-                and not c.finished:
-            self.conn_lost += 1
-            self.transport._call_connection_lost(None)
-        return 0
+        return self.deliver_end(c)
 
     def _deliver_soon(self):
         # (a loop callback: the peer's EOF after the data that came with it)

@@ -154,10 +154,10 @@ _SETUP_NAMES = {
     "no_sqarray": IORING_SETUP_NO_SQARRAY,
     "defer_taskrun": IORING_SETUP_DEFER_TASKRUN,    # implies single_issuer, taskrun_flag
 }
-# CLAMP only by default. "defer_taskrun,submit_all" measured 5-30 % faster, but under
-# it a connection closed from a timer callback (the TLS handshake timeout) sometimes
-# never reached its peer: a lost wakeup not yet understood (docs/design.md). Opt in
-# with NETPOLL_URING_SETUP=defer_taskrun,submit_all.
+# CLAMP only by default. "defer_taskrun,submit_all" measured 5-30 % faster, but a
+# single-issuer ring released from another thread than its own cannot be cancelled
+# there and leaks its provided buffers (docs/design.md). Opt in with
+# NETPOLL_URING_SETUP=defer_taskrun,submit_all.
 _SETUP_DEFAULT = ""
 
 
@@ -297,7 +297,6 @@ cdef class _Ring:
         return s
 
     cdef int flush(self) except -1:
-        cdef int rc
         cdef unsigned int flags = 0
         if self.r.fd < 0:
             return 0
@@ -306,12 +305,30 @@ cdef class _Ring:
             flags = IORING_ENTER_GETEVENTS
         elif np_ring_pending(&self.r) == 0:
             return 0
-        rc = np_ring_submit(&self.r, 0, flags)
+        return self.enter(flags)
+
+    cdef int enter(self, unsigned int flags) except -1:
+        # io_uring_enter for what is queued; EBUSY/EAGAIN (the kernel cannot take
+        # it now) leaves it queued for the next submit
+        cdef int rc = np_ring_submit(&self.r, 0, flags)
         if rc < 0:
             if rc != -_errno.EBUSY and rc != -_errno.EAGAIN:
                 raise oserror(-rc, "io_uring_enter")
             return 0
         return rc
+
+    cdef int flush_removal(self) except -1:
+        # Poller.remove, before the caller's close(2). The request a cancel ends
+        # keeps its reference to the socket's file until its completion has run,
+        # and on a DEFER_TASKRUN ring that completion is task work deferred to our
+        # next io_uring_enter(GETEVENTS): a close(2) in between would leave the
+        # socket open (no FIN for the peer) until the loop's next pass. So enter
+        # with GETEVENTS here: the cancel and the completions it queues run in
+        # this one system call. (Without DEFER_TASKRUN they run on the way out
+        # of the submitting system call anyway.)
+        if self.r.fd < 0 or self.r.efd < 0:
+            return self.flush()
+        return self.enter(IORING_ENTER_GETEVENTS)
 
     cdef int close(self) except -1:
         self._teardown()
