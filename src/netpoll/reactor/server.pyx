@@ -200,6 +200,11 @@ cdef class EventLoop:
             return 0
         elif err != EINTR and err != ECONNABORTED:
             config.logger.error("netpoll: accept failed: %s", os.strerror(err))
+            if current and not more and self.accepting and self.backoff_handle is None:
+                # re-armed at once, an error that persists would spin the loop
+                self.stop_accepting()
+                self.backoff_handle = self.loop.call_later(0.1, self._resume_accept)
+            return 0
         if current and not more and self.accepting and not self.shutting_down:
             self.start_accepting()    # the multishot ended: re-arm
         return 0
