@@ -3,6 +3,7 @@
 
     python benchmarks/accept.py                    # 3 rounds x 3 s, 16 lanes, 64 B
     python benchmarks/accept.py --rounds 5 --seconds 3 --lanes 32 --uvloop
+    python benchmarks/accept.py --callgrind         # user-space instructions per connection
 
 Each connection of the C client (benchmarks/accept_churn.c, built with cc) is
 connect -> send 64 B -> read the echo -> close, on 16 lanes at once. Peers (a
@@ -18,6 +19,11 @@ the ratio to io_uring-reader, and (where `perf` can count them: root, or
 kernel.perf_event_paranoid <= 1) the server's instructions per connection in user
 space and in the kernel, which a busy shared machine disturbs far less than
 throughput.
+
+--callgrind runs each server under valgrind's callgrind instead (4 lanes, 8 s): the
+server's user-space instructions per connection, counted from after a 1 s warm-up
+(callgrind_control -z) to the end (-d). Deterministic enough to compare on a busy
+machine; the kernel's share (accept4, io_uring_enter, TCP) is not in it.
 """
 
 from __future__ import annotations
@@ -120,6 +126,38 @@ def one_round(peer: str, client: str, args: argparse.Namespace
             srv.wait()
 
 
+def callgrind_round(peer: str, client: str, args: argparse.Namespace) -> tuple[int, int]:
+    env = dict(os.environ, PYTHONMALLOC="malloc", **PEERS[peer])
+    env.pop("NETPOLL_URING_SETUP", None) if not args.keep_setup else None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cg.out"
+        srv = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                sys.executable, "-c", SERVER,
+                                "uvloop" if args.uvloop else "asyncio"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=env)
+        try:
+            assert srv.stdout is not None and srv.stdin is not None
+            port = srv.stdout.readline().strip()
+            lanes = ["-l", "4", "-s", str(args.size), "-w", "0"]
+            subprocess.run([client, "-p", port, "-d", "1", *lanes], capture_output=True, check=True)
+            subprocess.run(["callgrind_control", "-z", str(srv.pid)], capture_output=True, check=True)
+            res = subprocess.run([client, "-p", port, "-d", "8", *lanes], capture_output=True,
+                                 text=True, check=True)
+            subprocess.run(["callgrind_control", "-d", str(srv.pid)], capture_output=True, check=True)
+            total = int(dict(kv.split("=") for kv in res.stdout.split())["total"])
+            srv.stdin.close()
+            srv.wait(60)
+            dump = next(Path(tmp).glob("cg.out.1"))
+            ir = next(int(line.split()[1]) for line in dump.read_text().splitlines()
+                      if line.startswith("summary:"))
+            return ir, total
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -129,6 +167,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--uvloop", action="store_true")
     ap.add_argument("--peers", default=",".join(PEERS))
+    ap.add_argument("--callgrind", action="store_true",
+                    help="user-space instructions per connection under callgrind instead")
     ap.add_argument("--no-perf", dest="perf", action="store_false",
                     help="do not count instructions with perf")
     ap.add_argument("--keep-setup", action="store_true",
@@ -138,7 +178,8 @@ def main() -> int:
         print("accept.py: needs cc and taskset", file=sys.stderr)
         return 2
     peers = args.peers.split(",")
-    if args.perf and (shutil.which("perf") is None or "<not supported>" in subprocess.run(
+    if args.perf and not args.callgrind and (
+            shutil.which("perf") is None or "<not supported>" in subprocess.run(
             ["perf", "stat", "-x", ",", "-e", "instructions:k", "true"], capture_output=True,
             text=True).stderr):
         print("accept.py: perf cannot count instructions here; CPU time only", file=sys.stderr)
@@ -146,6 +187,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         client = str(Path(tmp) / "accept_churn")
         subprocess.run(["cc", "-O2", "-o", client, str(HERE / "accept_churn.c")], check=True)
+        if args.callgrind:
+            if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+                print("accept.py: --callgrind needs valgrind", file=sys.stderr)
+                return 2
+            loop = "uvloop" if args.uvloop else "asyncio"
+            print(f"callgrind, 4 lanes x 8 s, {args.size} B, {loop}; user-space "
+                  f"instructions per connection (rounds)")
+            for p in peers:
+                per = []
+                for _ in range(args.rounds):
+                    ir, total = callgrind_round(p, client, args)
+                    per.append(ir / max(total, 1))
+                print(f"{p:18} {statistics.median(per):10,.0f}  "
+                      + " ".join(f"{x:,.0f}" for x in per))
+            return 0
         res: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in peers}
         for r in range(args.rounds):
             for p in peers:
