@@ -116,6 +116,44 @@ def test_many_concurrent_connects_served_byte_exact(run: Any, uring: None) -> No
     run(main(), timeout=60)
 
 
+def ring_sq_tails() -> dict[int, int]:
+    # SQEs submitted so far by each io_uring fd of this process (/proc/self/fdinfo)
+    tails = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]":
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    for line in f:
+                        if line.startswith("SqTail:"):
+                            tails[int(fd)] = int(line.split()[1])
+    return tails
+
+
+@needs_uring
+def test_ring_accepted_connections_spread_over_pollers(run: Any, uring: None) -> None:
+    """Two pollers: the ACCEPT lives on one ring, the connections it accepts go round
+    robin over both (each arms its RECV on its own poller's ring)."""
+    old = netpoll.get_config()["poller_num"]
+
+    async def main() -> None:
+        netpoll.configure(poller_num=2)
+        el, ln, task = await start(plain_echo)
+        assert len(_core._uring_ring_flags(asyncio.get_running_loop())) == 2
+        before = ring_sq_tails()
+        await asyncio.gather(*(echo_check(ln.addr, b"s%d" % i) for i in range(40)))
+        after = ring_sq_tails()
+        grown = sorted(after[fd] - before.get(fd, 0) for fd in after)
+        assert len(grown) >= 2 and grown[-2] >= 15, grown     # both rings took connections
+        await stop(el, task)
+        ln.close()
+        await wait_for(ring_idle)
+
+    try:
+        run(main(), timeout=30)
+    finally:
+        netpoll.configure(poller_num=old)
+
+
 @needs_uring
 @pytest.mark.parametrize("knob", ["1", "0"])
 def test_knob_selects_the_accept_path(run: Any, uring: None, monkeypatch: Any,
