@@ -124,6 +124,7 @@ cdef class _Ring:
     cdef unsigned long long gen
     cdef readonly Py_ssize_t live      # requests in flight (0 once all ended)
     cdef Py_ssize_t parked             # of them, SENDs of finished connections
+    cdef int naccept                   # of them, multishot ACCEPTs (a server's; see uring.pyx)
 
     cdef unsigned long long req_new(self, object owner, unsigned int kind) except 0
     cdef object req_get(self, unsigned long long ud)
@@ -207,6 +208,8 @@ cdef class Poller:
     cdef bint in_pass           # inside _on_ready: SQEs wait for the pass's one submit
     cdef list wakeups           # Waiters resolved in the pass: run_pending calls their callbacks
     cdef int pending_depth      # run_pending calls in progress
+    cdef list accepted          # io_uring: accept CQEs (server, res, more, id) from the walk,
+                                # set up by run_pending (never inside the walk)
     cdef object __weakref__
 
     cdef int close(self) except -1
@@ -544,6 +547,10 @@ cdef class EventLoop:
     cdef int backoff_step
     cdef object backoff_handle
     cdef double last_emfile_log
+    cdef Poller apoller          # io_uring: the poller whose ring accepts (multishot), or None
+    cdef unsigned long long aid  # its ACCEPT request's id (0: none armed; a cancelled one
+                                 # may still post CQEs until its final one)
+    cdef bint aseen              # that ring has handed this server a connection
 
     cdef int stop_accepting(self) except -1
     cdef bint listener_closed(self) noexcept
@@ -551,6 +558,12 @@ cdef class EventLoop:
     cdef double ssl_timeout      # its handshake timeout (seconds; 0: none)
 
     cdef int accept_backoff(self, int err) except -1
+    cdef int start_accepting(self) except -1
+    # Accept through an io_uring poller's ring (multishot) or the loop's add_reader.
+    cdef int take_fd(self, int fd) except -1
+    # An accepted fd: set up its connection (both accept paths), errors logged.
+    cdef int uring_accepted(self, int res, bint more, unsigned long long aid) except -1
+    # One ACCEPT CQE, after the walk (reactor/uring.pyx queues them on the poller).
     cdef int new_connection(self, int fd) except -1
     cdef int forget(self, Connection c) except -1
     cdef int listener_gone(self) except -1

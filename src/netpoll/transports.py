@@ -388,6 +388,8 @@ class _BorrowedMixin(_RouteMixin):
     _create_server_getaddrinfo: Any = _Base._create_server_getaddrinfo
     _ensure_resolved: Any = _Base._ensure_resolved
     _connect_sock: Any = _Base._connect_sock
+    # asyncio's own accept (add_reader + sock.accept), not EventLoop's: these servers
+    # never use the io_uring multishot ACCEPT (netpoll only drives their connections)
     _start_serving: Any = _Sel._start_serving
     _accept_connection: Any = _Sel._accept_connection
     _accept_connection2: Any = _Sel._accept_connection2

@@ -324,6 +324,20 @@ static inline void np_sqe_poll_remove(struct io_uring_sqe *sqe, unsigned long lo
     sqe->user_data = user_data;
 }
 
+/* Multishot accept on a listening socket: one CQE per accepted connection
+ * (res = the new fd, SOCK_NONBLOCK | SOCK_CLOEXEC, IORING_CQE_F_MORE while the
+ * request stays armed). `extra` is tests only: unknown accept flags, which the
+ * kernel refuses with -EINVAL (the fallback to the loop's add_reader). */
+static inline void np_sqe_accept_multishot(struct io_uring_sqe *sqe, int fd,
+                                           unsigned long long user_data, unsigned short extra)
+{
+    sqe->opcode = IORING_OP_ACCEPT;
+    sqe->fd = fd;
+    sqe->ioprio = IORING_ACCEPT_MULTISHOT | extra;
+    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    sqe->user_data = user_data;
+}
+
 /* ---- provided-buffer ring (IORING_REGISTER_PBUF_RING, group 0) ----------------
  * nbufs buffers of bufsz bytes, one mmap; the ring of io_uring_buf entries is a
  * second, page-aligned mmap. Ownership: a buffer in the ring belongs to the

@@ -63,6 +63,8 @@ cdef extern from "uring.h" nogil:
     void np_sqe_poll_add(io_uring_sqe* sqe, int fd, unsigned events, unsigned long long user_data)
     void np_sqe_poll_remove(io_uring_sqe* sqe, unsigned long long target,
                             unsigned long long user_data)
+    void np_sqe_accept_multishot(io_uring_sqe* sqe, int fd, unsigned long long user_data,
+                                 unsigned short extra)
 
     ctypedef struct np_pbuf:
         char* mem

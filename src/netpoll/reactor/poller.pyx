@@ -82,6 +82,7 @@ cdef class Poller:
         self.hups = []
         self.closes = []
         self.wakeups = []
+        self.accepted = []
         self.live_ptrs = set()
         self.timers = TimerHeap(self, loop)
         self.spin = config.spin
@@ -107,6 +108,7 @@ cdef class Poller:
                 except Exception:
                     pass
             if self.uring:
+                uring_accept_detach(self)     # before the ring goes: fds queued are closed
                 self.ring.close()
                 self.polls = {}
             else:
@@ -126,8 +128,10 @@ cdef class Poller:
     cdef int retire(self) except -1:
         """Take no new connections; close once the last one is gone."""
         self.retired = True
-        if not self.conns:
-            self.close()
+        if self.uring and self.epfd >= 0:
+            uring_accept_retire(self)     # servers accepting here move to the new pollers
+        if not self.conns and not (self.uring and self.ring.naccept):
+            self.close()                  # (else when the last one, or ACCEPT, ends)
         return 0
 
     cdef int add(self, Connection c) except -1:
@@ -202,7 +206,7 @@ cdef class Poller:
             uring_park_send(self, c)      # its output stays alive until the SEND's CQE
         if NETPOLL_DEBUG:
             self.live_ptrs.discard(<Py_ssize_t><void*>c)
-        if self.retired and not self.conns:
+        if self.retired and not self.conns and not (self.uring and self.ring.naccept):
             self.close()
         return 0
 
@@ -275,6 +279,8 @@ cdef class Poller:
             return 0
         self.pending_depth += 1
         try:
+            if self.accepted:
+                uring_run_accepts(self)      # io_uring: connections the ring accepted
             while self.ready or self.hups or self.closes or self.wakeups:
                 closes = self.closes
                 if closes:

@@ -3,11 +3,15 @@
 # Invariants
 # - The server only calls Connection methods (connected, begin_drain,
 #   force_close, close); it never writes a connection's state.
-# - The listener's fd is polled with loop.add_reader while accepting; it is
-#   removed before the listener closes (Listener close hook) so no stale
-#   reader outlives the fd; a plain socket.socket is watched every 0.5 s.
-# - Accept runs in batches of ACCEPT_BATCH; EMFILE/ENFILE/ENOBUFS/ENOMEM stop
-#   accepting with backoff (Go Netpoll #230/#311), logged at most once a minute.
+# - Two accept paths, one connection setup (take_fd -> new_connection):
+#   io_uring pollers: a multishot ACCEPT on one poller's ring (reactor/uring.pyx,
+#   "multishot accept"; NETPOLL_URING_ACCEPT=0 or a kernel refusing it: the
+#   other path); epoll pollers: the listener's fd polled with loop.add_reader,
+#   accept4 in batches of ACCEPT_BATCH. Either is stopped (reader removed,
+#   ACCEPT cancelled at once) before the listener closes (Listener close hook),
+#   so nothing outlives the fd; a plain socket.socket is watched every 0.5 s.
+# - EMFILE/ENFILE/ENOBUFS/ENOMEM stop accepting with backoff (Go Netpoll
+#   #230/#311), logged at most once a minute; the retry re-arms either path.
 # - shutdown(timeout): stop accepting; take in what the kernel already
 #   received; every connection begins draining (closes once idle, with its
 #   output sent); after `timeout` the rest are force-closed and TimeoutError
@@ -98,8 +102,7 @@ cdef class EventLoop:
             self.ssl_timeout = _seconds("ssl_handshake_timeout",
                                         getattr(listener, "_ssl_handshake_timeout", 60.0))
         self.stopped = self.loop.create_future()
-        self.accepting = True
-        self.loop.add_reader(self.lfd, self._on_accept)
+        self.start_accepting()
         hook = getattr(listener, "_add_close_callback", None)
         if hook is not None:
             hook(self._listener_closing)
@@ -140,17 +143,70 @@ cdef class EventLoop:
         if self.backoff_handle is not None:
             self.backoff_handle.cancel()
             self.backoff_handle = None
-        if not self.shutting_down and self.stopped is not None and not self.stopped.done():
+        if not self.shutting_down and self.stopped is not None and not self.stopped.done() \
+                and not self.loop.is_closed():
             self.stopped.set_result(None)
+        return 0
+
+    cdef int start_accepting(self) except -1:
+        cdef Poller p
+        self.accepting = True
+        if uring_accept_wanted():
+            p = pick_poller(self.loop)
+            if p.uring and p.epfd >= 0:
+                uring_accept_arm(p, self)
+                return 0
+        self.loop.add_reader(self.lfd, self._on_accept)
         return 0
 
     cdef int stop_accepting(self) except -1:
         if self.accepting:
             self.accepting = False
+            if self.apoller is not None:
+                uring_accept_cancel(self)     # at once: before the listener's fd closes
+                return 0
             try:
                 self.loop.remove_reader(self.lfd)
             except Exception:
                 pass
+        return 0
+
+    cdef int uring_accepted(self, int res, bint more, unsigned long long aid) except -1:
+        # One ACCEPT CQE (reactor/uring.pyx), run from the poller's queues.
+        global _accept_refused
+        cdef bint current = aid == self.aid
+        cdef int err = -res
+        if current and not more:
+            self.apoller = None       # the request ended (the walk dropped its id)
+            self.aid = 0
+        if res >= 0:
+            self.aseen = True
+            self.take_fd(res)         # set up, or closed if shutting down
+        elif not current or err == _errno.ECANCELED:
+            pass                      # a cancelled request's last words
+        elif err in (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+            self.accept_backoff(err)  # stops; _resume_accept re-arms
+            return 0
+        elif err == _errno.EINVAL and not self.aseen:
+            # a kernel without multishot accept: the loop's add_reader from now on
+            _accept_refused = True
+            config.logger.debug("netpoll: io_uring refused multishot accept (%s); "
+                                "the listener is polled by the loop", os.strerror(err))
+            if self.accepting and not more:
+                self.loop.add_reader(self.lfd, self._on_accept)
+            return 0
+        elif err == EBADF or self.listener_closed():
+            self.listener_gone()
+            return 0
+        elif err != EINTR and err != ECONNABORTED:
+            config.logger.error("netpoll: accept failed: %s", os.strerror(err))
+            if current and not more and self.accepting and self.backoff_handle is None:
+                # re-armed at once, an error that persists would spin the loop
+                self.stop_accepting()
+                self.backoff_handle = self.loop.call_later(0.1, self._resume_accept)
+            return 0
+        if current and not more and self.accepting and not self.shutting_down:
+            self.start_accepting()    # the multishot ended: re-arm
         return 0
 
     def _on_accept(self):
@@ -174,13 +230,18 @@ cdef class EventLoop:
                     return
                 config.logger.error("netpoll: accept failed: %s", os.strerror(err))
                 return
-            self.backoff_step = 0
-            try:
-                self.new_connection(fd)
-            except Exception as exc:
-                config.logger.error("netpoll: setting up accepted fd %d failed", fd,
-                                    exc_info=exc)
+            self.take_fd(fd)
         run_all_pending(self.loop)
+
+    cdef int take_fd(self, int fd) except -1:
+        # Both accept paths: the fd becomes a connection (or is closed).
+        self.backoff_step = 0
+        try:
+            self.new_connection(fd)
+        except Exception as exc:
+            config.logger.error("netpoll: setting up accepted fd %d failed", fd,
+                                exc_info=exc)
+        return 0
 
     cdef bint listener_closed(self) noexcept:
         try:
@@ -207,8 +268,7 @@ cdef class EventLoop:
         self.backoff_handle = None
         if self.shutting_down or self.accepting or self.listener_closed():
             return
-        self.accepting = True
-        self.loop.add_reader(self.lfd, self._on_accept)
+        self.start_accepting()
 
     cdef int new_connection(self, int fd) except -1:
         cdef Connection c

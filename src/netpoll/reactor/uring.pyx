@@ -57,15 +57,17 @@
 # polls are armed only for EPOLLOUT. Output: flush_nowait inside the pass
 # queues a SEND (see "gathered sends" below), submitted with the round's one
 # io_uring_enter. Request ids, buffer and output ownership, cancellation and
-# teardown: docs/design.md, "The io_uring backend". Not done: multishot accept
-# (the listener is still polled by the asyncio loop), zero-copy hand-over of
-# provided buffers to the LinkBuffer, SEND_ZC.
+# teardown: docs/design.md, "The io_uring backend". A server's listener is
+# accepted through a ring too (multishot ACCEPT; "multishot accept" at the end
+# of this file). Not done: zero-copy hand-over of provided buffers to the
+# LinkBuffer, SEND_ZC.
 
 cdef enum:
     # the low two bits of a request's user_data say what it is (0 is a cancel's)
     ID_POLL = 0
     ID_RECV = 1
     ID_SEND = 2
+    ID_ACCEPT = 3               # a server's multishot ACCEPT (its owner is the EventLoop)
     ID_KIND = 3
     URING_ENTRIES = 4096
     URING_REAP = 256
@@ -281,6 +283,8 @@ cdef class _Ring:
         # Never unmap (or let go of) memory the kernel may still use - a provided
         # buffer it writes, a send's output it reads: cancel every request
         # synchronously and close the ring first (np_pbuf_teardown), in both models.
+        if self.naccept:
+            _uring_accept_teardown(self)    # fds accepted but not yet reaped are closed
         np_pbuf_teardown(&self.r, &self.pb)
         self.recv = False
 
@@ -406,7 +410,7 @@ cdef class _Ring:
         if ud == 0 or slot >= self.nslots or self.req_ids[slot] != ud:
             return
         self.req_ids[slot] = 0
-        if type(self.reqs[slot]) is not Connection:
+        if type(self.reqs[slot]) is LinkBuffer:
             uring_parked -= 1
             self.parked -= 1
         self.reqs[slot] = None
@@ -623,6 +627,9 @@ cdef int uring_walk(Poller p) except -1:
         while i < n:
             cq = &ring.cqes[i]
             i += 1
+            if cq.user_data & ID_KIND == ID_ACCEPT:
+                _uring_accept_cqe(p, cq)       # queued for run_pending
+                continue
             c = _uring_take(ring, cq)
             try:
                 if c is not None:
@@ -641,6 +648,9 @@ cdef int uring_walk(Poller p) except -1:
         while i < n:
             cq = &ring.cqes[i]
             i += 1
+            if cq.user_data & ID_KIND == ID_ACCEPT:
+                _uring_accept_cqe(p, cq)
+                continue
             c = _uring_take(ring, cq)
             if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
                 np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
@@ -663,6 +673,8 @@ cdef int uring_take_input(Poller p) except -1:
         p.ring.flush()
         if p.wakeups and not p.pending_depth:
             p.hand_off_wakeups()       # no run_pending follows this walk
+        if p.accepted:
+            p.kick()                   # connections accepted meanwhile: set up soon
     return 0
 
 
@@ -817,3 +829,211 @@ cdef int uring_park_send(Poller p, Connection c) except -1:
         c.uring_sid = 0
         _slen_clear(c)
     return 0
+
+
+# -- multishot accept -----------------------------------------------------------------
+#
+# A server whose pollers are io_uring pollers accepts through one poller's ring
+# (EventLoop.start_accepting): one ACCEPT with IORING_ACCEPT_MULTISHOT on the
+# listening fd, SOCK_NONBLOCK | SOCK_CLOEXEC; each CQE with res >= 0 is a new
+# fd. The request is in the ring's table like a recv (kind ID_ACCEPT, owner:
+# the EventLoop, a strong reference until the final CQE). Rules:
+#   * The walk only queues a CQE (p.accepted); run_pending hands it to the
+#     server (EventLoop.uring_accepted), which sets the connection up exactly
+#     as the add_reader path does (take_fd -> new_connection: on_prepare is
+#     user code, so never inside the walk).
+#   * A CQE without IORING_CQE_F_MORE ends the request: the server re-arms if
+#     still accepting (EMFILE & co.: backoff first, as on the add_reader path).
+#   * Stopping (stop_accepting: shutdown, the listener closed, backoff, a
+#     backend switch) submits an ASYNC_CANCEL at once, before the listener's fd
+#     is closed: the request holds a reference to the listening *file*, which
+#     would otherwise stay open and keep accepting. The id stays in the table
+#     until its final CQE (-ECANCELED): a connection the kernel accepted before
+#     the cancel landed is set up if the server is still running (a backend
+#     switch, backoff) and closed if it is shutting down (new_connection).
+#   * A CQE nobody owns (its request ended or was dropped) carries an fd
+#     nobody will serve: it is closed, never leaked. So are fds left in the CQ
+#     ring at teardown (_uring_accept_teardown, after the synchronous cancel)
+#     and fds queued on a poller that closes.
+#   * A retired poller (configure(backend=...)/poller_num) moves its servers'
+#     accepts to a poller of the new set and stays open until their final CQEs.
+#   * EINVAL on the first CQE (a kernel without multishot accept): the server,
+#     and every later one in the process, uses the loop's add_reader instead.
+#     NETPOLL_URING_ACCEPT=0 keeps add_reader (for comparison).
+
+cdef bint _accept_refused = False      # the kernel refused multishot accept (EINVAL)
+cdef unsigned short _accept_extra = 0  # tests: unknown accept flags (-> EINVAL)
+cdef Py_ssize_t uring_accepts_armed = 0
+cdef Py_ssize_t uring_accepted_fds = 0
+cdef Py_ssize_t uring_accept_closed = 0  # fds of CQEs nobody owned, closed
+
+
+@cython.binding(True)
+def _uring_accept_debug(refuse=None, reset=False):
+    """Counters of the multishot accept path (tests). refuse=True makes new ACCEPTs
+    carry an unknown flag (the kernel answers EINVAL); reset=True forgets an
+    earlier refusal."""
+    global _accept_extra, _accept_refused
+    if refuse is not None:
+        _accept_extra = 0x8000 if refuse else 0
+    if reset:
+        _accept_refused = False
+    return {"armed": uring_accepts_armed, "accepted": uring_accepted_fds,
+            "closed_unowned": uring_accept_closed, "refused": _accept_refused,
+            "live": _live_accepts()}
+
+
+cdef Py_ssize_t _live_accepts():
+    cdef Py_ssize_t n = 0
+    for ps in _pollers.values():
+        for p in (<_PollerSet>ps).pollers:
+            if (<Poller>p).uring:
+                n += (<Poller>p).ring.naccept
+    return n
+
+
+cdef bint uring_accept_wanted() noexcept:
+    return not _accept_refused and os.environ.get("NETPOLL_URING_ACCEPT", "1") != "0"
+
+
+cdef int uring_accept_arm(Poller p, EventLoop server) except -1:
+    """Arm server's multishot ACCEPT on p's ring (submitted with the pass, or at once)."""
+    global uring_accepts_armed
+    cdef io_uring_sqe* sqe = p.ring.sqe()
+    cdef unsigned long long aid = p.ring.req_new(server, ID_ACCEPT)
+    np_sqe_accept_multishot(sqe, server.lfd, aid, _accept_extra)
+    p.ring.naccept += 1
+    uring_accepts_armed += 1
+    server.apoller = p
+    server.aid = aid
+    if not p.in_pass:
+        p.ring.flush()
+    return 0
+
+
+cdef int uring_accept_cancel(EventLoop server) except -1:
+    """Stop server's ACCEPT: ASYNC_CANCEL submitted at once (before the listener
+    closes). The id stays in the table until the final CQE."""
+    cdef Poller p = server.apoller
+    cdef unsigned long long aid = server.aid
+    cdef io_uring_sqe* sqe
+    server.apoller = None
+    server.aid = 0
+    if p is None or not aid or p.ring.r.fd < 0 or p.ring.req_get(aid) is None:
+        return 0
+    sqe = p.ring.sqe()
+    np_sqe_cancel(sqe, aid, 0)
+    p.ring.flush()
+    return 0
+
+
+cdef int _uring_accept_cqe(Poller p, np_cqe* cq) except -1:
+    # Inside the walk: no user code. Queue the CQE for run_pending; close an
+    # fd nobody owns.
+    global uring_accept_closed
+    cdef unsigned long long aid = cq.user_data
+    cdef bint more = (cq.flags & IORING_CQE_F_MORE) != 0
+    owner = p.ring.req_get(aid)
+    if owner is None:
+        if cq.res >= 0:
+            close(cq.res)
+            uring_accept_closed += 1
+        return 0
+    if not more:
+        p.ring.req_end(aid)
+        p.ring.naccept -= 1
+    try:
+        p.accepted.append((owner, cq.res, more, aid))
+    except BaseException:
+        if cq.res >= 0:
+            close(cq.res)
+        raise
+    return 0
+
+
+cdef int uring_run_accepts(Poller p) except -1:
+    """run_pending: hand the queued ACCEPT CQEs to their servers (user code may
+    run: on_prepare), then run the other pollers' queues, as _on_accept does."""
+    global uring_accepted_fds
+    cdef Py_ssize_t i = 0
+    cdef EventLoop server
+    items, p.accepted = p.accepted, []
+    try:
+        while i < len(items):
+            server, res, more, aid = items[i]
+            i += 1
+            if res >= 0:
+                uring_accepted_fds += 1
+            server.uring_accepted(res, more, aid)
+    finally:
+        while i < len(items):        # something raised: never leak the rest's fds
+            res = items[i][1]
+            i += 1
+            if res >= 0:
+                close(res)
+        if p.retired and not p.conns and p.ring.naccept == 0 and p.epfd >= 0:
+            p.close()                # its accepts were moved and have ended
+    ps = _pollers.get(p.loop)
+    if ps is not None:
+        for q in list((<_PollerSet>ps).pollers):
+            if q is not p:
+                (<Poller>q).run_pending()
+    return 0
+
+
+cdef int uring_accept_retire(Poller p) except -1:
+    """p takes no new connections: move its servers' ACCEPTs to the new pollers."""
+    cdef unsigned int i
+    cdef unsigned long long ud
+    cdef EventLoop server
+    if not p.ring.naccept:
+        return 0
+    for i in range(p.ring.nslots):
+        ud = p.ring.req_ids[i]
+        if ud and ud & ID_KIND == ID_ACCEPT:
+            owner = p.ring.reqs[i]
+            if type(owner) is EventLoop and (<EventLoop>owner).aid == ud:
+                server = <EventLoop>owner
+                uring_accept_cancel(server)
+                if server.accepting:
+                    server.start_accepting()
+    return 0
+
+
+cdef int uring_accept_detach(Poller p) except -1:
+    """p is closing (the loop closed, or retired and empty): its servers lose
+    their ACCEPT, fds queued for them are closed (teardown closes the rest)."""
+    global uring_accept_closed
+    cdef unsigned int i
+    cdef unsigned long long ud
+    for item in p.accepted:
+        if item[1] >= 0:
+            close(item[1])
+            uring_accept_closed += 1
+    p.accepted = []
+    if not p.ring.naccept:
+        return 0
+    for i in range(p.ring.nslots):
+        ud = p.ring.req_ids[i]
+        if ud and ud & ID_KIND == ID_ACCEPT:
+            owner = p.ring.reqs[i]
+            if type(owner) is EventLoop and (<EventLoop>owner).aid == ud:
+                (<EventLoop>owner).apoller = None
+                (<EventLoop>owner).aid = 0
+    return 0
+
+
+cdef void _uring_accept_teardown(_Ring ring) noexcept:
+    # Teardown of a ring with ACCEPTs in the table: cancel synchronously, then
+    # close every fd still in the CQ ring (nobody will reap them).
+    global uring_accept_closed
+    cdef np_cqe cq
+    if ring.r.fd >= 0:
+        np_ring_cancel_all(&ring.r)
+        if np_ring_overflowed(&ring.r):
+            np_ring_submit(&ring.r, 0, IORING_ENTER_GETEVENTS)
+        while np_ring_reap(&ring.r, &cq, 1) == 1:
+            if cq.user_data & ID_KIND == ID_ACCEPT and cq.res >= 0:
+                close(cq.res)
+                uring_accept_closed += 1
+    ring.naccept = 0
