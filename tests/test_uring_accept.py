@@ -590,3 +590,25 @@ def ring_fds() -> int:
         with contextlib.suppress(OSError):
             n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]"
     return n
+
+
+@needs_uring
+@pytest.mark.parametrize("spec", ["none", "coop_taskrun,taskrun_flag", "defer_taskrun,submit_all"])
+def test_listener_close_refuses_at_once(run: Any, uring: None, monkeypatch: Any,
+                                        spec: str) -> None:
+    """Listener.close() releases the listening socket before it returns, on every ring
+    setup: a connect made before the loop runs again is refused. (On a DEFER_TASKRUN
+    ring the cancelled ACCEPT held the socket's file until the loop's next pass.)"""
+    monkeypatch.setenv("NETPOLL_URING_SETUP", spec)
+
+    async def main() -> None:
+        el, ln, task = await start(plain_echo)
+        addr = ln.addr
+        await echo_check(addr, b"before")
+        ln.close()
+        assert refused(addr)          # no await in between: the loop has not run
+        await asyncio.wait_for(task, 5)
+        await stop(el, asyncio.ensure_future(asyncio.sleep(0)))
+        await wait_for(ring_idle)
+
+    run(main(), timeout=30)

@@ -923,8 +923,8 @@ cdef int uring_accept_cancel(EventLoop server) except -1:
         return 0
     sqe = p.ring.sqe()
     np_sqe_cancel(sqe, aid, 0)
-    p.ring.flush()
-    return 0
+    p.ring.flush_removal()       # (DEFER_TASKRUN: its completion too, so the listener's
+    return 0                     # file is released when the caller closes it)
 
 
 cdef int _uring_accept_cqe(Poller p, np_cqe* cq) except -1:
