@@ -18,6 +18,7 @@ import os
 import random
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -355,3 +356,85 @@ def test_bad_adopt_value(run: Any, uring: None, monkeypatch: Any) -> None:
                                               timeout=2)
 
     run(main())
+
+
+def test_ring_closed_from_another_thread_leaks_its_chunks(uring: None,
+                                                          monkeypatch: Any) -> None:
+    """A single-issuer ring (DEFER_TASKRUN) can only be cancelled synchronously from
+    its own thread; released from another one (the pollers of a closed loop, by the
+    next loop that makes pollers), its chunks are leaked - never freed nor pooled,
+    as the kernel may still write them - and the Chunk objects still go (the debug
+    build's live count returns to zero)."""
+    monkeypatch.setenv("NETPOLL_URING_SETUP", "defer_taskrun")
+    monkeypatch.setenv("NETPOLL_URING_BUFS", "4")
+    monkeypatch.setenv("NETPOLL_URING_ADOPT", "1")
+    _core._forget_closed_loops()
+    before = _core._uring_debug()
+    out: list[Any] = []
+
+    async def main() -> None:
+        el, ln, task = await start(plain_echo)
+        r, w = await asyncio.open_connection(*ln.addr)
+        data = os.urandom(100 << 10)
+        w.write(data)
+        assert await asyncio.wait_for(r.readexactly(len(data)), 10) == data
+        out.append(_core._uring_ring_flags(asyncio.get_running_loop()))
+        w.close()
+        await stop(el, task)
+
+    def worker() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:      # reported below
+            out.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(30)
+    assert not t.is_alive()
+    assert out and isinstance(out[0], list), out
+    if not all("defer_taskrun" in flags for flags in out[0]):
+        pytest.skip(f"the kernel refused DEFER_TASKRUN: {out[0]}")
+    _core._forget_closed_loops()          # from this thread: no synchronous cancel
+    d = _core._uring_debug()
+    leaked = d["leaked_chunks"] - before["leaked_chunks"]
+    assert leaked == 4 * len(out[0]), d
+    assert d["ring_chunks"] == 0, d
+
+
+def test_a_trickle_does_not_pin_a_chunk_per_segment(run: Any, uring: None,
+                                                    monkeypatch: Any) -> None:
+    """A peer sends a frame in many tiny segments to a handler that waits for all of
+    it: only a completion into an empty input (or of at least the threshold) is
+    handed over - a sealed 8 KiB node per 1-byte segment would multiply the memory
+    the input holds by 8192 - so the rest are copied into the tail's room."""
+    monkeypatch.delenv("NETPOLL_URING_ADOPT", raising=False)
+    total = 300
+    before = _core._uring_debug()
+
+    def on_request(ctx: Any, conn: Connection) -> None:
+        buf = conn.input
+        if len(buf) >= total:
+            conn.write_buffer(buf.slice(len(buf)))
+            conn.flush_nowait()
+
+    async def main() -> None:
+        el, ln, task = await start(on_request)
+        r, w = await asyncio.open_connection(*ln.addr)
+        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = os.urandom(total)
+        for i in range(total):
+            w.write(data[i:i + 1])
+            await w.drain()
+            if i % 10 == 0:
+                await asyncio.sleep(0.002)
+        assert await r.readexactly(total) == data
+        w.close()
+        await stop(el, task)
+        await wait_for(counters_zero)
+
+    run(main(), timeout=60)
+    d = _core._uring_debug()
+    assert d["copied"] - before["copied"] > total // 2, d
+    assert d["adopted"] - before["adopted"] <= 3, d
+    ring_chunks_released()

@@ -55,11 +55,12 @@
 # RECV with IOSQE_BUFFER_SELECT (multishot; one-shot for connections with a
 # read limit) into a provided-buffer ring whose buffers are LinkBuffer pool
 # chunks (_Ring.bufs). A completion of at least _Ring.adopt bytes - or a
-# smaller one the input's tail node has no room for - hands its chunk to the
-# input LinkBuffer as a sealed node and the ring gets a fresh chunk for that
-# id (no copy); otherwise it is copied into the tail node and the same chunk
-# goes back at once (uring_deliver). Polls are armed only for EPOLLOUT. Output: flush_nowait inside the pass
-# queues a SEND (see "gathered sends" below), submitted with the round's one
+# smaller one for an empty input whose tail node has no room for it - hands
+# its chunk to the input LinkBuffer as a sealed node and the ring gets a
+# fresh chunk for that id (no copy); otherwise it is copied into the tail
+# node and the same chunk goes back at once (uring_deliver). Polls are armed
+# only for EPOLLOUT. Output: flush_nowait inside the pass queues a SEND (see
+# "gathered sends" below), submitted with the round's one
 # io_uring_enter. Request ids, buffer and output ownership, cancellation and
 # teardown: docs/design.md, "The io_uring backend". Not done: multishot accept
 # (the listener is still polled by the asyncio loop), SEND_ZC.
@@ -75,7 +76,8 @@ cdef enum:
     URING_NBUFS = 512           # provided buffers per poller (a power of two)
     URING_BUFSZ = 8192          # bytes each (a pool chunk): 4 MiB per poller
     # a completion of at least this many bytes hands its chunk to the input
-    # LinkBuffer; a smaller one is copied unless the copy would need a new node
+    # LinkBuffer; a smaller one is copied unless the input is empty and the copy
+    # would need a new node
     # (NETPOLL_URING_ADOPT; measured in docs/benchmarks.md, "round 4")
     URING_ADOPT = 4096
     # flush_nowait gathers outputs below this into the pass's SENDs; a larger one
@@ -257,8 +259,8 @@ cdef unsigned int _env_nbufs() except 0:
 
 cdef Py_ssize_t _env_adopt() except -1:
     # NETPOLL_URING_ADOPT: completions of at least this many bytes are handed to
-    # the input LinkBuffer without a copy (smaller ones too when the input's tail
-    # has no room for them); 0 copies every one, 1 copies none
+    # the input LinkBuffer without a copy (smaller ones too when the input is
+    # empty and its tail has no room for them); 0 copies every one, 1 copies none
     raw = os.environ.get("NETPOLL_URING_ADOPT", "")
     if not raw:
         return URING_ADOPT
@@ -568,12 +570,14 @@ cdef int uring_modify(Poller p, Connection c, unsigned int events) except -1:
 cdef int uring_deliver(_Ring ring, Connection c, unsigned int bid, Py_ssize_t n) except -1:
     # A completed receive of n bytes in provided buffer bid into the input
     # LinkBuffer; what do_read does after its recv(2). At or above ring.adopt
-    # bytes, or when a copy would need a new node anyway (the tail is full or
-    # shared: one chunk and one node allocated either way, so the hand-over
-    # only saves the memcpy), the buffer's chunk itself becomes the buffer's
-    # tail node (sealed: nothing is written after the received bytes) and slot
-    # bid gets a fresh pool chunk; otherwise the bytes are copied into the
-    # tail's room and the chunk stays. Either way the caller (the walk) then
+    # bytes, or when the input is empty and a copy would need a new node anyway
+    # (one chunk and one node allocated either way, so the hand-over only saves
+    # the memcpy), the buffer's chunk itself becomes the buffer's tail node
+    # (sealed: nothing is written after the received bytes) and slot bid gets a
+    # fresh pool chunk; otherwise the bytes are copied into the tail's room and
+    # the chunk stays. Only an empty input takes a small completion's chunk: a
+    # sealed node has no room, so a peer trickling small segments to a handler
+    # that waits for more would otherwise pin a whole 8 KiB chunk per segment. Either way the caller (the walk) then
     # publishes slot bid's chunk to the kernel. (A pending booking is never
     # there - only book/book_ack and adopt write an input buffer - but would
     # make us copy.)
@@ -588,7 +592,8 @@ cdef int uring_deliver(_Ring ring, Connection c, unsigned int bid, Py_ssize_t n)
         c.own_in()
     bid &= ring.pb.mask
     got = <Chunk>ring.bufs[bid]
-    if ring.adopt and c.inbuf.pending == 0 and (n >= ring.adopt or not c.inbuf.book_fits(n)):
+    if ring.adopt and c.inbuf.pending == 0 and (
+            n >= ring.adopt or (c.inbuf.length == 0 and not c.inbuf.book_fits(n))):
         # the kernel is done with `got` (this CQE) and gets `fresh` in its place
         fresh = chunk_new(URING_BUFSZ)
         c.inbuf.adopt(got, n)
