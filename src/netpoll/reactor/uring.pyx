@@ -586,7 +586,7 @@ cdef int uring_deliver(_Ring ring, Connection c, unsigned int bid, Py_ssize_t n)
     cdef char* dst
     cdef char* data
     cdef Chunk got, fresh
-    if c.closed_by or c.draining or c.finished:
+    if c.closed_by or c.draining or c.finished or ring.bufs == NULL:
         return 0                  # not taken in: the connection is closing or draining
     if c.inbuf is _NO_INPUT:
         c.own_in()
