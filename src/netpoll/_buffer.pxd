@@ -30,7 +30,8 @@ cdef extern from "netpoll_debug.h":
 cdef class Chunk:
     cdef char* data
     cdef Py_ssize_t cap
-    # size class index (0..23), or -1 for a direct malloc, -2 for external memory
+    # size class index (0..23), or -1 for a direct malloc, -2 for external memory,
+    # -3 for no block of its own to free (empty, or leaked: chunk_leak)
     cdef int cls
     # the object whose buffer `data` points into (external chunks only)
     cdef object base
@@ -55,6 +56,11 @@ cdef Chunk chunk_new(Py_ssize_t size)
 
 cdef object view(Chunk c, char* p, Py_ssize_t n, bint readonly)
 # A memoryview of n bytes at p inside c; keeps c alive.
+
+cdef void chunk_leak(Chunk c) noexcept
+# Someone outside this process's control (the kernel, under a request not
+# known to be cancelled) may still write c's block: never free it nor give it
+# back to the pool. The block is leaked; the Chunk object may go.
 
 
 cdef class LinkBuffer:
@@ -88,6 +94,15 @@ cdef class LinkBuffer:
     # (a fresh node of max_size when the tail is full). *avail gets the size.
     cdef int book_ack(self, Py_ssize_t n) except -1
     # Make n bytes of the last booking readable (n may be 0).
+    cdef bint book_fits(self, Py_ssize_t n) noexcept
+    # Whether book() would give n bytes without allocating a node (the tail has
+    # room, or is empty and private and big enough to be rewound).
+    cdef int adopt(self, Chunk c, Py_ssize_t n) except -1
+    # Link the first n bytes of c (0 < n <= c.cap, written by someone who no
+    # longer writes them: a provided buffer after its CQE) as a new readable
+    # tail node, sealed (off 0, end = malloc = cap = n): nothing is ever written
+    # after them. ValueError when bytes are pending (written, not flushed); not
+    # to be called between book and book_ack.
     cdef int fill_iovecs(self, iovec* iov, int max_iov, Py_ssize_t* total) noexcept
     # Point iov at the readable bytes, node by node; returns the count used.
     cdef int consume(self, Py_ssize_t n) except -1

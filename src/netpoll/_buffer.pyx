@@ -209,6 +209,11 @@ cdef object view(Chunk c, char* p, Py_ssize_t n, bint readonly):
         c.xro = True
 
 
+cdef void chunk_leak(Chunk c) noexcept:
+    if c.cls >= -1:
+        c.cls = -3           # __dealloc__ neither pools nor frees it
+
+
 cdef inline Node* node_new(Chunk c) except NULL:
     global node_pool, node_pool_count, live_nodes
     cdef Node* n = node_pool
@@ -466,6 +471,31 @@ cdef class LinkBuffer:
         cdef Node* w = self.wr
         w.malloc += n
         w.end = w.malloc
+        self.fl = w
+        self.length += n
+        return 0
+
+    cdef bint book_fits(self, Py_ssize_t n) noexcept:
+        cdef Node* w = self.wr
+        if w == NULL:
+            return False
+        if w.cap - w.malloc >= n:
+            return True
+        return (self.length == 0 and w == self.rd and w.off == w.end and w.end == w.malloc
+                and sole_owner(w) and (<Chunk>w.chunk).cap >= n)
+
+    cdef int adopt(self, Chunk c, Py_ssize_t n) except -1:
+        # Pending bytes sit between fl and wr; a readable node after them would
+        # make them readable out of order (and an unacked booking is at wr).
+        # The input buffer of a connection never has any: only book/book_ack
+        # and adopt write it, and they leave nothing pending.
+        cdef Node* w
+        if self.pending:
+            raise ValueError(f"adopt: {self.pending} bytes written but not flushed")
+        if n <= 0 or n > c.cap:
+            raise ValueError(f"adopt({n}): a {c.cap}-byte chunk")
+        w = self._append(c)
+        w.end = w.malloc = w.cap = n
         self.fl = w
         self.length += n
         return 0

@@ -20,6 +20,7 @@
 # returns an object (NULL on error).
 
 cimport cython
+from cpython.object cimport PyObject
 from netpoll._buffer cimport LinkBuffer
 from netpoll.includes.system cimport epoll_event
 from netpoll.includes.openssl cimport NP_SSL, NP_BIO
@@ -110,7 +111,15 @@ cdef class _PollerSet:
 cdef class _Ring:
     """One io_uring instance: its mmapped rings and a buffer for reaped CQEs."""
     cdef np_ring r
-    cdef np_pbuf pb             # provided buffers (multishot recv model), when recv
+    cdef np_pbuf pb             # the provided-buffer ring (multishot recv model), when recv
+    # provided buffer `bid`: a strong reference to the pool Chunk (8 KiB) now
+    # published for that id (np_pbuf_put). The kernel may write the chunk while
+    # it is in the ring; a CQE with the id makes it ours until the walk puts
+    # the slot's chunk back (the same one after a copy, a fresh one after the
+    # hand-over of the received one to an input LinkBuffer).
+    cdef PyObject** bufs
+    cdef unsigned int nbufs
+    cdef Py_ssize_t adopt       # hand over completions of at least this many bytes (0: always copy)
     cdef bint recv              # multishot RECV + provided buffers, else poll-only
     cdef bint send              # flush_nowait inside the pass queues a SEND (gathered)
     cdef np_cqe* cqes
@@ -133,6 +142,10 @@ cdef class _Ring:
     cdef int reqs_clear(self) except -1
 
     cdef void _teardown(self) noexcept
+    cdef int bufs_init(self) except -1
+    # One pool chunk per buffer id, each published to the kernel.
+    cdef void buf_put(self, unsigned int bid) noexcept
+    # Publish the chunk in slot bid (after its CQE) for the kernel to fill again.
 
     cdef io_uring_sqe* sqe(self) except NULL
     # The next free SQE (submits the queued ones first when the SQ is full).

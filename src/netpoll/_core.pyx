@@ -31,15 +31,15 @@ every class, field and cdef signature is declared in _core.pxd):
 cimport cython
 from cpython.object cimport PyObject
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from cpython.ref cimport Py_DECREF
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
-from libc.stdlib cimport free, malloc as c_malloc, realloc
+from libc.stdlib cimport calloc, free, malloc as c_malloc, realloc
 from libc.string cimport memcpy, memset
 from posix.uio cimport iovec
 
-from netpoll._buffer cimport LinkBuffer, NETPOLL_DEBUG
+from netpoll._buffer cimport Chunk, LinkBuffer, NETPOLL_DEBUG, chunk_leak, chunk_new
 from netpoll.includes.system cimport *
 from netpoll.includes.uring cimport *
 

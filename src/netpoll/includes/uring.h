@@ -339,27 +339,30 @@ static inline void np_sqe_accept_multishot(struct io_uring_sqe *sqe, int fd,
 }
 
 /* ---- provided-buffer ring (IORING_REGISTER_PBUF_RING, group 0) ----------------
- * nbufs buffers of bufsz bytes, one mmap; the ring of io_uring_buf entries is a
- * second, page-aligned mmap. Ownership: a buffer in the ring belongs to the
- * kernel (it may write into it at any time); a CQE with IORING_CQE_F_BUFFER
- * hands buffer `bid` to us; np_pbuf_put gives it back. The memory is unmapped
- * only after every request was cancelled synchronously and the ring fd closed
- * (np_pbuf_teardown). */
+ * The ring of io_uring_buf entries is one page-aligned mmap; the buffers are
+ * not ours to allocate here: each entry carries its own address, so the
+ * caller (_Ring, reactor/uring.pyx) publishes one LinkBuffer pool chunk per
+ * buffer id with np_pbuf_put and may publish another chunk for the same id
+ * after a CQE (the zero-copy hand-over). Ownership: a buffer in the ring
+ * belongs to the kernel (it may write into it at any time); a CQE with
+ * IORING_CQE_F_BUFFER hands buffer `bid` to us; np_pbuf_put gives a buffer for
+ * that id back. The buffers may be freed only after every request was
+ * cancelled synchronously and the ring fd closed (np_pbuf_teardown says when
+ * they must be leaked instead). */
 typedef struct np_pbuf {
     struct io_uring_buf_ring *br;
-    char *mem;
     unsigned nbufs, bufsz, mask;
     unsigned short tail;
-    size_t br_sz, mem_sz;
+    size_t br_sz;
 } np_pbuf;
 
+/* Register an empty ring for nbufs (a power of two) buffers of bufsz bytes. */
 static inline int np_pbuf_init(np_ring *r, np_pbuf *b, unsigned nbufs, unsigned bufsz)
 {
     struct io_uring_buf_reg reg;
-    unsigned i;
     int err;
     memset(b, 0, sizeof(*b));
-    b->nbufs = nbufs;              /* a power of two */
+    b->nbufs = nbufs;
     b->bufsz = bufsz;
     b->mask = nbufs - 1;
     b->br_sz = nbufs * sizeof(struct io_uring_buf);
@@ -369,51 +372,28 @@ static inline int np_pbuf_init(np_ring *r, np_pbuf *b, unsigned nbufs, unsigned 
         b->br = NULL;
         return -errno;
     }
-    b->mem_sz = (size_t)nbufs * bufsz;
-    b->mem = (char *)mmap(NULL, b->mem_sz, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (b->mem == MAP_FAILED) {
-        err = errno;
-        munmap(b->br, b->br_sz);
-        memset(b, 0, sizeof(*b));
-        return -err;
-    }
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (unsigned long long)(unsigned long)b->br;
     reg.ring_entries = nbufs;
     reg.bgid = 0;
     if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
         err = errno;
-        munmap(b->mem, b->mem_sz);
         munmap(b->br, b->br_sz);
         memset(b, 0, sizeof(*b));
         return -err;
     }
-    for (i = 0; i < nbufs; i++) {
-        struct io_uring_buf *e = &b->br->bufs[i];
-        e->addr = (unsigned long long)(unsigned long)(b->mem + (size_t)i * bufsz);
-        e->len = bufsz;
-        e->bid = (unsigned short)i;
-    }
-    b->tail = (unsigned short)nbufs;
-    __atomic_store_n(&b->br->tail, b->tail, __ATOMIC_RELEASE);
+    b->tail = 0;
     return 0;
 }
 
-static inline char *np_pbuf_addr(np_pbuf *b, unsigned bid)
-{
-    return b->mem + (size_t)(bid & b->mask) * b->bufsz;
-}
-
-/* Give buffer bid back to the kernel. */
-static inline void np_pbuf_put(np_pbuf *b, unsigned bid)
+/* Give the kernel a buffer for id bid: bufsz bytes at addr. */
+static inline void np_pbuf_put(np_pbuf *b, unsigned bid, char *addr)
 {
     struct io_uring_buf *e;
-    bid &= b->mask;
     e = &b->br->bufs[b->tail & b->mask];
-    e->addr = (unsigned long long)(unsigned long)(b->mem + (size_t)bid * b->bufsz);
+    e->addr = (unsigned long long)(unsigned long)addr;
     e->len = b->bufsz;
-    e->bid = (unsigned short)bid;
+    e->bid = (unsigned short)(bid & b->mask);
     b->tail++;
     __atomic_store_n(&b->br->tail, b->tail, __ATOMIC_RELEASE);
 }
@@ -437,28 +417,27 @@ static inline int np_ring_cancel_all(np_ring *r)
     return ret < 0 && errno != ENOENT ? -errno : 0;
 }
 
-/* Teardown order: cancel synchronously, close the ring, then unmap the buffers. */
-static inline void np_pbuf_teardown(np_ring *r, np_pbuf *b)
+/* Teardown order: cancel synchronously, close the ring, then unmap the buffer
+ * ring. Returns 1 when the cancel could not be waited for (a SINGLE_ISSUER
+ * ring closed from another thread): the kernel then cancels in the background
+ * and the caller must leak the buffers (the buffer ring is left mapped too),
+ * not free them under a request that may still write. 0: free them. */
+static inline int np_pbuf_teardown(np_ring *r, np_pbuf *b)
 {
     int leak = 0;
     if (r->fd >= 0) {
         /* IORING_SETUP_SINGLE_ISSUER: only the thread that made the ring may
-         * register (EEXIST from any other). Closed from another thread, the
-         * kernel cancels in the background, so the buffers are left mapped
-         * (leaked) rather than unmapped under a request that may still write. */
+         * register (EEXIST from any other). */
         if (!r->disabled)       /* still disabled: nothing was ever submitted */
             leak = np_ring_cancel_all(r) < 0 && (r->setup_flags & IORING_SETUP_SINGLE_ISSUER);
         np_ring_exit(r);
     }
     if (b == NULL)
-        return;
-    if (leak && b->mem) {
-        memset(b, 0, sizeof(*b));
-        return;
-    }
-    if (b->mem) munmap(b->mem, b->mem_sz);
-    if (b->br) munmap(b->br, b->br_sz);
+        return leak;
+    if (b->br && !leak)
+        munmap(b->br, b->br_sz);
     memset(b, 0, sizeof(*b));
+    return leak;
 }
 
 static inline void np_sqe_recv_multishot(struct io_uring_sqe *sqe, int fd,

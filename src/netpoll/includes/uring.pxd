@@ -67,15 +67,14 @@ cdef extern from "uring.h" nogil:
                                  unsigned short extra)
 
     ctypedef struct np_pbuf:
-        char* mem
         unsigned nbufs
         unsigned bufsz
+        unsigned mask
 
     int np_pbuf_init(np_ring* r, np_pbuf* b, unsigned nbufs, unsigned bufsz)
-    char* np_pbuf_addr(np_pbuf* b, unsigned bid)
-    void np_pbuf_put(np_pbuf* b, unsigned bid)
+    void np_pbuf_put(np_pbuf* b, unsigned bid, char* addr)
     int np_ring_cancel_all(np_ring* r)
-    void np_pbuf_teardown(np_ring* r, np_pbuf* b)
+    int np_pbuf_teardown(np_ring* r, np_pbuf* b)
     void np_sqe_recv_multishot(io_uring_sqe* sqe, int fd, unsigned long long user_data)
     void np_sqe_recv_once(io_uring_sqe* sqe, int fd, unsigned long long user_data)
     void np_sqe_send(io_uring_sqe* sqe, int fd, const void* buf, unsigned int len,

@@ -53,14 +53,18 @@
 # The recv model (the default where provided-buffer rings work, Linux >= 6.0;
 # NETPOLL_URING_RECV=0 keeps the poll-only model above): input comes from a
 # RECV with IOSQE_BUFFER_SELECT (multishot; one-shot for connections with a
-# read limit) into a provided-buffer ring, copied into the input LinkBuffer;
-# polls are armed only for EPOLLOUT. Output: flush_nowait inside the pass
-# queues a SEND (see "gathered sends" below), submitted with the round's one
+# read limit) into a provided-buffer ring whose buffers are LinkBuffer pool
+# chunks (_Ring.bufs). A completion of at least _Ring.adopt bytes - or a
+# smaller one for an empty input whose tail node has no room for it - hands
+# its chunk to the input LinkBuffer as a sealed node and the ring gets a
+# fresh chunk for that id (no copy); otherwise it is copied into the tail
+# node and the same chunk goes back at once (uring_deliver). Polls are armed
+# only for EPOLLOUT. Output: flush_nowait inside the pass queues a SEND (see
+# "gathered sends" below), submitted with the round's one
 # io_uring_enter. Request ids, buffer and output ownership, cancellation and
 # teardown: docs/design.md, "The io_uring backend". A server's listener is
 # accepted through a ring too (multishot ACCEPT; "multishot accept" at the end
-# of this file). Not done: zero-copy hand-over of provided buffers to the
-# LinkBuffer, SEND_ZC.
+# of this file). Not done: SEND_ZC.
 
 cdef enum:
     # the low two bits of a request's user_data say what it is (0 is a cancel's)
@@ -72,7 +76,12 @@ cdef enum:
     URING_ENTRIES = 4096
     URING_REAP = 256
     URING_NBUFS = 512           # provided buffers per poller (a power of two)
-    URING_BUFSZ = 8192          # bytes each: 4 MiB per poller
+    URING_BUFSZ = 8192          # bytes each (a pool chunk): 4 MiB per poller
+    # a completion of at least this many bytes hands its chunk to the input
+    # LinkBuffer; a smaller one is copied unless the input is empty and the copy
+    # would need a new node
+    # (NETPOLL_URING_ADOPT; measured in docs/benchmarks.md, "round 5")
+    URING_ADOPT = 4096
     # flush_nowait gathers outputs below this into the pass's SENDs; a larger one
     # goes out with send(2) at once (its syscall is amortised over the bytes, and
     # at 16 KiB x 500 gathered SENDs measured 0.65x epoll, this 0.89x)
@@ -139,13 +148,20 @@ cdef bint _recv_model_wanted():
 cdef Py_ssize_t uring_requests = 0     # requests in flight, over all rings
 cdef Py_ssize_t uring_parked = 0       # outputs of finished connections awaiting a SEND's CQE
 cdef Py_ssize_t uring_enobufs = 0      # RECVs ended by an empty provided-buffer ring (re-armed)
+cdef Py_ssize_t uring_adopted = 0      # provided buffers handed to an input LinkBuffer
+cdef Py_ssize_t uring_copied = 0       # provided buffers copied out (below the threshold)
+cdef Py_ssize_t uring_bufs = 0         # chunks held by buffer rings, over all rings
+cdef Py_ssize_t uring_leaked = 0       # chunks leaked by rings torn down under live requests
 
 
 @cython.binding(True)
 def _uring_debug():
-    """Counters that return to zero once every connection is gone (tests)."""
+    """Counters (tests): requests and parked_outputs return to zero once every
+    connection is gone, ring_chunks once every ring is torn down; enobufs,
+    adopted, copied and leaked_chunks only grow."""
     return {"requests": uring_requests, "parked_outputs": uring_parked,
-            "enobufs": uring_enobufs}
+            "enobufs": uring_enobufs, "adopted": uring_adopted, "copied": uring_copied,
+            "ring_chunks": uring_bufs, "leaked_chunks": uring_leaked}
 
 
 _SETUP_NAMES = {
@@ -243,6 +259,19 @@ cdef unsigned int _env_nbufs() except 0:
     return n
 
 
+cdef Py_ssize_t _env_adopt() except -1:
+    # NETPOLL_URING_ADOPT: completions of at least this many bytes are handed to
+    # the input LinkBuffer without a copy (smaller ones too when the input is
+    # empty and its tail has no room for them); 0 copies every one, 1 copies none
+    raw = os.environ.get("NETPOLL_URING_ADOPT", "")
+    if not raw:
+        return URING_ADOPT
+    n = int(raw)
+    if n < 0:
+        raise ValueError(f"NETPOLL_URING_ADOPT={raw!r}: expected a byte count >= 0")
+    return n
+
+
 cdef bint _send_model_wanted():
     # NETPOLL_URING_SEND=0: flush_nowait sends with send(2) at once (for comparison)
     return os.environ.get("NETPOLL_URING_SEND", "1") != "0"
@@ -262,9 +291,11 @@ cdef class _Ring:
             np_ring_exit(&self.r)
             raise MemoryError()
         if want_recv:
+            self.adopt = _env_adopt()
             rc = np_pbuf_init(&self.r, &self.pb, _env_nbufs(), URING_BUFSZ)
             if rc == 0:
                 self.recv = True
+                self.bufs_init()     # on MemoryError __dealloc__ tears the ring down
             else:
                 config.logger.debug("netpoll: io_uring provided-buffer ring unavailable (%s): "
                                     "poll-only model", os.strerror(-rc))
@@ -283,10 +314,49 @@ cdef class _Ring:
         # Never unmap (or let go of) memory the kernel may still use - a provided
         # buffer it writes, a send's output it reads: cancel every request
         # synchronously and close the ring first (np_pbuf_teardown), in both models.
+        # Only then do the ring's chunks go back to the pool - unless the cancel
+        # could not be waited for (a single-issuer ring closed from another
+        # thread): their blocks are leaked then (chunk_leak), never reused.
+        global uring_bufs, uring_leaked
+        cdef int leak
+        cdef unsigned int i
+        cdef PyObject* o
         if self.naccept:
             _uring_accept_teardown(self)    # fds accepted but not yet reaped are closed
-        np_pbuf_teardown(&self.r, &self.pb)
+        leak = np_pbuf_teardown(&self.r, &self.pb)
         self.recv = False
+        if self.bufs != NULL:
+            for i in range(self.nbufs):
+                o = self.bufs[i]
+                if o != NULL:
+                    self.bufs[i] = NULL
+                    uring_bufs -= 1
+                    if leak:
+                        chunk_leak(<Chunk>o)
+                        uring_leaked += 1
+                    Py_XDECREF(o)
+            free(self.bufs)
+            self.bufs = NULL
+
+    cdef int bufs_init(self) except -1:
+        global uring_bufs
+        cdef unsigned int i, n = self.pb.nbufs
+        cdef Chunk c
+        self.bufs = <PyObject**>calloc(n, sizeof(PyObject*))
+        if self.bufs == NULL:
+            raise MemoryError()
+        self.nbufs = n
+        for i in range(n):
+            c = chunk_new(URING_BUFSZ)
+            Py_INCREF(c)
+            self.bufs[i] = <PyObject*>c
+            uring_bufs += 1
+            np_pbuf_put(&self.pb, i, c.data)
+        return 0
+
+    cdef void buf_put(self, unsigned int bid) noexcept:
+        bid &= self.pb.mask
+        np_pbuf_put(&self.pb, bid, (<Chunk>self.bufs[bid]).data)
 
     cdef io_uring_sqe* sqe(self) except NULL:
         cdef io_uring_sqe* s
@@ -519,22 +589,49 @@ cdef int uring_modify(Poller p, Connection c, unsigned int events) except -1:
     return uring_sync(p, c)
 
 
-cdef int uring_deliver(Connection c, char* data, Py_ssize_t n) except -1:
-    # Copy a completed receive from its provided buffer into the input
-    # LinkBuffer (then the caller gives the buffer back); what do_read does
-    # after its recv(2).
+cdef int uring_deliver(_Ring ring, Connection c, unsigned int bid, Py_ssize_t n) except -1:
+    # A completed receive of n bytes in provided buffer bid into the input
+    # LinkBuffer; what do_read does after its recv(2). At or above ring.adopt
+    # bytes, or when the input is empty and a copy would need a new node anyway
+    # (one chunk and one node allocated either way, so the hand-over only saves
+    # the memcpy), the buffer's chunk itself becomes the buffer's tail node
+    # (sealed: nothing is written after the received bytes) and slot bid gets a
+    # fresh pool chunk; otherwise the bytes are copied into the tail's room and
+    # the chunk stays. Only an empty input takes a small completion's chunk: a
+    # sealed node has no room, so a peer trickling small segments to a handler
+    # that waits for more would otherwise pin a whole 8 KiB chunk per segment. Either way the caller (the walk) then
+    # publishes slot bid's chunk to the kernel. (A pending booking is never
+    # there - only book/book_ack and adopt write an input buffer - but would
+    # make us copy.)
+    global uring_adopted, uring_copied
     cdef Py_ssize_t avail, k, off = 0
     cdef char* dst
-    if c.closed_by or c.draining or c.finished:
+    cdef char* data
+    cdef Chunk got, fresh
+    if c.closed_by or c.draining or c.finished or ring.bufs == NULL:
         return 0                  # not taken in: the connection is closing or draining
     if c.inbuf is _NO_INPUT:
         c.own_in()
-    while off < n:
-        dst = c.inbuf.book(n - off, c.max_size, &avail)
-        k = avail if avail < n - off else n - off
-        memcpy(dst, data + off, k)
-        c.inbuf.book_ack(k)
-        off += k
+    bid &= ring.pb.mask
+    got = <Chunk>ring.bufs[bid]
+    if ring.adopt and c.inbuf.pending == 0 and (
+            n >= ring.adopt or (c.inbuf.length == 0 and not c.inbuf.book_fits(n))):
+        # the kernel is done with `got` (this CQE) and gets `fresh` in its place
+        fresh = chunk_new(URING_BUFSZ)
+        c.inbuf.adopt(got, n)
+        Py_INCREF(fresh)
+        ring.bufs[bid] = <PyObject*>fresh
+        Py_DECREF(got)            # the slot's reference; the node holds its own
+        uring_adopted += 1
+    else:
+        data = got.data
+        while off < n:
+            dst = c.inbuf.book(n - off, c.max_size, &avail)
+            k = avail if avail < n - off else n - off
+            memcpy(dst, data + off, k)
+            c.inbuf.book_ack(k)
+            off += k
+        uring_copied += 1
     c.rx_total += n
     if c.inbuf.length > c.max_size:
         c.max_size = min(c.inbuf.length, BOOK_MAX)
@@ -585,7 +682,7 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
     if cq.user_data & ID_KIND == ID_RECV:
         if cq.flags & IORING_CQE_F_BUFFER:
             if res > 0:
-                uring_deliver(c, np_pbuf_addr(&p.ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT), res)
+                uring_deliver(p.ring, c, cq.flags >> IORING_CQE_BUFFER_SHIFT, res)
         elif c.closed_by:
             pass
         elif res == 0:
@@ -636,8 +733,9 @@ cdef int uring_walk(Poller p) except -1:
                     _uring_complete(p, c, cq)
             finally:
                 if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
-                    # the buffer is ours since this CQE: give it back, always
-                    np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
+                    # the buffer is ours since this CQE: give its id back, always
+                    # (the same chunk, or a fresh one if this one was handed over)
+                    ring.buf_put(cq.flags >> IORING_CQE_BUFFER_SHIFT)
             if c is not None and c.registered and p.epfd >= 0:
                 uring_sync(p, c)       # re-arm what ended and is still wanted
     finally:
@@ -653,7 +751,7 @@ cdef int uring_walk(Poller p) except -1:
                 continue
             c = _uring_take(ring, cq)
             if cq.flags & IORING_CQE_F_BUFFER and ring.recv:
-                np_pbuf_put(&ring.pb, cq.flags >> IORING_CQE_BUFFER_SHIFT)
+                ring.buf_put(cq.flags >> IORING_CQE_BUFFER_SHIFT)
             if c is not None and c.registered and p.epfd >= 0:
                 uring_sync(p, c)
     return n
