@@ -40,7 +40,7 @@ needs_uring = pytest.mark.skipif(bool(WHY), reason=f"io_uring unavailable here: 
 
 @pytest.fixture
 def uring(monkeypatch: Any) -> Iterator[None]:
-    monkeypatch.delenv("NETPOLL_URING_ACCEPT", raising=False)
+    monkeypatch.setenv("NETPOLL_URING_ACCEPT", "1")     # opt-in (uring.pyx says why)
     before = netpoll.get_config()["backend"]
     netpoll.configure(backend="io_uring")
     try:
@@ -155,18 +155,22 @@ def test_ring_accepted_connections_spread_over_pollers(run: Any, uring: None) ->
 
 
 @needs_uring
-@pytest.mark.parametrize("knob", ["1", "0"])
+@pytest.mark.parametrize("knob", ["1", "0", None])
 def test_knob_selects_the_accept_path(run: Any, uring: None, monkeypatch: Any,
-                                      knob: str) -> None:
-    """NETPOLL_URING_ACCEPT=0 keeps the loop's add_reader; both serve the same."""
-    monkeypatch.setenv("NETPOLL_URING_ACCEPT", knob)
+                                      knob: str | None) -> None:
+    """NETPOLL_URING_ACCEPT=1 accepts through the ring; 0 or unset (the default) keeps
+    the loop's add_reader; both serve the same."""
+    if knob is None:
+        monkeypatch.delenv("NETPOLL_URING_ACCEPT", raising=False)
+    else:
+        monkeypatch.setenv("NETPOLL_URING_ACCEPT", knob)
     before = acc()
 
     async def main() -> None:
         el, ln, task = await start(plain_echo)
         await asyncio.gather(*(echo_check(ln.addr, b"%d" % i * 100) for i in range(50)))
         after = acc()
-        if knob == "0":
+        if knob != "1":
             assert after["armed"] == before["armed"]
             assert after["accepted"] == before["accepted"]
         else:
@@ -435,7 +439,7 @@ def test_emfile_backoff_then_recovery() -> None:
     re-arms; once clients go, the connections left in the backlog are served."""
     limit = 20
     env = dict(os.environ, NETPOLL_BACKEND="io_uring")
-    env.pop("NETPOLL_URING_ACCEPT", None)
+    env["NETPOLL_URING_ACCEPT"] = "1"
     proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER, str(limit)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdin is not None and proc.stdout is not None

@@ -75,8 +75,12 @@ cdef enum:
     ID_KIND = 3
     URING_ENTRIES = 4096
     URING_REAP = 256
-    URING_NBUFS = 512           # provided buffers per poller (a power of two)
-    URING_BUFSZ = 8192          # bytes each (a pool chunk): 4 MiB per poller
+    # provided buffers per poller (a power of two). 128, not more: with 512 pool
+    # chunks held by the ring, 2,000 idle connections then cost 586 B of RSS each
+    # instead of 385 (benchmarks/idle.py; glibc places the connections' memory
+    # differently), and 128/512 made no difference to throughput (benchmarks.md)
+    URING_NBUFS = 128
+    URING_BUFSZ = 8192          # bytes each (a pool chunk): 1 MiB per poller
     # a completion of at least this many bytes hands its chunk to the input
     # LinkBuffer; a smaller one is copied unless the input is empty and the copy
     # would need a new node
@@ -957,7 +961,7 @@ cdef int uring_park_send(Poller p, Connection c) except -1:
 #     accepts to a poller of the new set and stays open until their final CQEs.
 #   * EINVAL on the first CQE (a kernel without multishot accept): the server,
 #     and every later one in the process, uses the loop's add_reader instead.
-#     NETPOLL_URING_ACCEPT=0 keeps add_reader (for comparison).
+#     Opt-in: NETPOLL_URING_ACCEPT=1 (uring_accept_wanted says why).
 
 cdef bint _accept_refused = False      # the kernel refused multishot accept (EINVAL)
 cdef unsigned short _accept_extra = 0  # tests: unknown accept flags (-> EINVAL)
@@ -991,7 +995,13 @@ cdef Py_ssize_t _live_accepts():
 
 
 cdef bint uring_accept_wanted() noexcept:
-    return not _accept_refused and os.environ.get("NETPOLL_URING_ACCEPT", "1") != "0"
+    # Opt-in (NETPOLL_URING_ACCEPT=1): a multishot ACCEPT takes connections off the
+    # listen queue as soon as the kernel completes them, before this process has
+    # read a byte. When a server shuts down, those it has taken but not served are
+    # lost - where the listener is shared (run_workers' graceful restarts), the
+    # old path would have left them in the queue for the next worker. A CI run of
+    # tests/test_workers.py saw 2-25 of ~20k requests reset that way.
+    return not _accept_refused and os.environ.get("NETPOLL_URING_ACCEPT", "0") == "1"
 
 
 cdef int uring_accept_arm(Poller p, EventLoop server) except -1:
