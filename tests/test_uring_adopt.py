@@ -435,6 +435,9 @@ def test_a_trickle_does_not_pin_a_chunk_per_segment(run: Any, uring: None,
 
     run(main(), timeout=60)
     d = _core._uring_debug()
-    assert d["copied"] - before["copied"] > total // 2, d
-    assert d["adopted"] - before["adopted"] <= 3, d
+    copied, adopted = d["copied"] - before["copied"], d["adopted"] - before["adopted"]
+    # how many completions the 300 segments make depends on the ring: one per segment
+    # with CLAMP only, a few bytes each with DEFER_TASKRUN (the recv runs when we enter)
+    assert copied >= 10 and copied > 3 * adopted, d
+    assert adopted <= 3, d
     ring_chunks_released()
