@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -164,3 +164,17 @@ def _no_leaks(request: pytest.FixtureRequest) -> Any:
         gc.collect()
     counts = _live_counts()
     assert all(v == 0 for v in counts.values()), f"live objects after test: {counts}"
+
+
+@pytest.fixture
+def uring() -> Iterator[None]:
+    """New pollers are io_uring pollers during the test (skip with needs_uring where
+    the kernel refuses a ring); the backend before it is restored after."""
+    import netpoll
+
+    before = netpoll.get_config()["backend"]
+    netpoll.configure(backend="io_uring")
+    try:
+        yield
+    finally:
+        netpoll.configure(backend=before)

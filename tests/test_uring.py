@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WHY = _core._uring_probe()[1]
 needs_uring = pytest.mark.skipif(bool(WHY), reason=f"io_uring unavailable here: {WHY}")
 
-
-@pytest.fixture
-def uring() -> Iterator[None]:
-    before = netpoll.get_config()["backend"]
-    netpoll.configure(backend="io_uring")
-    try:
-        yield
-    finally:
-        netpoll.configure(backend=before)
 
 
 def ring_fds() -> int:

@@ -39,15 +39,11 @@ needs_uring = pytest.mark.skipif(bool(WHY), reason=f"io_uring unavailable here: 
 
 
 @pytest.fixture
-def uring(monkeypatch: Any) -> Iterator[None]:
-    monkeypatch.setenv("NETPOLL_URING_ACCEPT", "1")     # opt-in (uring.pyx says why)
-    before = netpoll.get_config()["backend"]
-    netpoll.configure(backend="io_uring")
-    try:
-        yield
-    finally:
-        netpoll.configure(backend=before)
-        _core._uring_accept_debug(refuse=False, reset=True)
+def uring(uring: None, monkeypatch: Any) -> Iterator[None]:
+    # conftest's, with the ring accept on (opt-in: uring.pyx says why)
+    monkeypatch.setenv("NETPOLL_URING_ACCEPT", "1")
+    yield
+    _core._uring_accept_debug(refuse=False, reset=True)
 
 
 def plain_echo(ctx: Any, conn: Connection) -> None:

@@ -36,14 +36,10 @@ ADOPT = ["0", "1", "4096"]
 
 
 @pytest.fixture
-def uring() -> Iterator[None]:
-    before = netpoll.get_config()["backend"]
-    netpoll.configure(backend="io_uring")
-    try:
-        yield
-    finally:
-        netpoll.configure(backend=before)
-        _core._forget_closed_loops()
+def uring(uring: None) -> Iterator[None]:
+    # conftest's, then the pollers of the test's closed loops are released
+    yield
+    _core._forget_closed_loops()
 
 
 def plain_echo(ctx: Any, conn: Connection) -> None:

@@ -21,15 +21,6 @@ WHY = _core._uring_probe()[1]
 needs_uring = pytest.mark.skipif(bool(WHY), reason=f"io_uring unavailable here: {WHY}")
 
 
-@pytest.fixture
-def uring() -> Iterator[None]:
-    before = netpoll.get_config()["backend"]
-    netpoll.configure(backend="io_uring")
-    try:
-        yield
-    finally:
-        netpoll.configure(backend=before)
-
 
 @pytest.fixture
 def setup_env(monkeypatch: Any) -> Iterator[Any]:

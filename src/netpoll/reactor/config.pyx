@@ -23,39 +23,31 @@ config.backend = "epoll"
 cdef dict _pollers = {}      # loop -> _PollerSet; closed loops are purged
 
 
+cdef int _env_int(str name, int default, int lo, int hi) except? -1:
+    # an integer knob from the environment, lo..hi; ValueError names it
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: must be an int {lo}..{hi}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={raw!r}: must be an int {lo}..{hi}")
+    return v
+
+
 cdef int _env_spin() except -1:
-    raw = os.environ.get("NETPOLL_SPIN")
-    if raw is None:
-        return 4
-    try:
-        v = int(raw)
-    except ValueError:
-        raise ValueError(f"NETPOLL_SPIN={raw!r}: must be an int 1..64") from None
-    if not 1 <= v <= 64:
-        raise ValueError(f"NETPOLL_SPIN={raw!r}: must be an int 1..64")
-    return v
+    return _env_int("NETPOLL_SPIN", 4, 1, 64)
 
 
-cdef int _env_epoll_batch() except -1:
-    # NETPOLL_EPOLL_BATCH: events taken per epoll_wait before their handlers run
-    # (0: all that are ready, up to a buffer that grows to 65,536). The walk reads
-    # every connection of a batch before any handler answers, so the first
-    # answer of a batch of n waits for n reads: 8 keeps that wait short (echo
-    # 1 KiB x 50: p99 ~520 us instead of ~750, uvloop ~700; docs/benchmarks.md)
-    # for one more epoll_wait per 8 ready connections.
-    raw = os.environ.get("NETPOLL_EPOLL_BATCH")
-    if raw is None:
-        return 8
-    try:
-        v = int(raw)
-    except ValueError:
-        raise ValueError(f"NETPOLL_EPOLL_BATCH={raw!r}: must be an int 0..65536") from None
-    if not 0 <= v <= 65536:
-        raise ValueError(f"NETPOLL_EPOLL_BATCH={raw!r}: must be an int 0..65536")
-    return v
-
-
-cdef int _EPOLL_BATCH = _env_epoll_batch()
+# NETPOLL_EPOLL_BATCH: events taken per epoll_wait before their handlers run
+# (0: all that are ready, up to a buffer that grows to 65,536). The walk reads
+# every connection of a batch before any handler answers, so the first answer
+# of a batch of n waits for n reads: 8 keeps that wait short (echo 1 KiB x 50:
+# p99 ~520 us instead of ~750, uvloop ~700; docs/benchmarks.md) for one more
+# epoll_wait per 8 ready connections.
+cdef int _EPOLL_BATCH = _env_int("NETPOLL_EPOLL_BATCH", 8, 0, 65536)
 
 
 cdef str _resolve_backend(str backend):

@@ -1090,22 +1090,29 @@ cdef int uring_run_accepts(Poller p) except -1:
     return 0
 
 
-cdef int uring_accept_retire(Poller p) except -1:
-    """p takes no new connections: move its servers' ACCEPTs to the new pollers."""
+cdef list _accepting_servers(Poller p):
+    """The servers whose current ACCEPT is a request of p's ring."""
     cdef unsigned int i
     cdef unsigned long long ud
-    cdef EventLoop server
+    cdef list out = []
     if not p.ring.naccept:
-        return 0
+        return out
     for i in range(p.ring.nslots):
         ud = p.ring.req_ids[i]
         if ud and ud & ID_KIND == ID_ACCEPT:
             owner = p.ring.reqs[i]
             if type(owner) is EventLoop and (<EventLoop>owner).aid == ud:
-                server = <EventLoop>owner
-                uring_accept_cancel(server)
-                if server.accepting:
-                    server.start_accepting()
+                out.append(owner)
+    return out
+
+
+cdef int uring_accept_retire(Poller p) except -1:
+    """p takes no new connections: move its servers' ACCEPTs to the new pollers."""
+    cdef EventLoop server
+    for server in _accepting_servers(p):
+        uring_accept_cancel(server)
+        if server.accepting:
+            server.start_accepting()
     return 0
 
 
@@ -1113,22 +1120,15 @@ cdef int uring_accept_detach(Poller p) except -1:
     """p is closing (the loop closed, or retired and empty): its servers lose
     their ACCEPT, fds queued for them are closed (teardown closes the rest)."""
     global uring_accept_closed
-    cdef unsigned int i
-    cdef unsigned long long ud
+    cdef EventLoop server
     for item in p.accepted:
         if item[1] >= 0:
             close(item[1])
             uring_accept_closed += 1
     p.accepted = []
-    if not p.ring.naccept:
-        return 0
-    for i in range(p.ring.nslots):
-        ud = p.ring.req_ids[i]
-        if ud and ud & ID_KIND == ID_ACCEPT:
-            owner = p.ring.reqs[i]
-            if type(owner) is EventLoop and (<EventLoop>owner).aid == ud:
-                (<EventLoop>owner).apoller = None
-                (<EventLoop>owner).aid = 0
+    for server in _accepting_servers(p):
+        server.apoller = None
+        server.aid = 0
     return 0
 
 
