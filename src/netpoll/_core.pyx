@@ -26,6 +26,7 @@ every class, field and cdef signature is declared in _core.pxd):
     reactor/streams.pyx     StreamCore: asyncio Streams read from the connection's input
     reactor/server.pyx      EventLoop: accept, backoff, graceful shutdown
     reactor/dialer.pyx      non-blocking connect, new_fd_connection
+    reactor/sched.pyx       asyncio's call_soon/call_later/_run_once in C (netpoll loops)
 """
 
 cimport cython
@@ -139,3 +140,4 @@ include "reactor/transport.pyx"
 include "reactor/streams.pyx"
 include "reactor/server.pyx"
 include "reactor/dialer.pyx"
+include "reactor/sched.pyx"

@@ -67,7 +67,13 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
-from netpoll._core import StreamCore, TransportCore, new_stream_core, new_transport_core
+from netpoll._core import (
+    StreamCore,
+    TransportCore,
+    _sched_methods,
+    new_stream_core,
+    new_transport_core,
+)
 
 __all__ = [
     "NetpollStreamReader",
@@ -458,7 +464,12 @@ def _netpoll_class(cls: type) -> type:
             mixin: type = _RouteMixin
         else:
             mixin = _BorrowedMixin
-        sub = type(f"Netpoll{cls.__name__.lstrip('_')}", (mixin, cls), {"__module__": __name__})
+        # Over stock asyncio the loop's scheduling (call_soon, call_later,
+        # _run_once...) is also the core's, in C (reactor/sched.pyx).
+        ns: dict[str, Any] = {"__module__": __name__}
+        if mixin is _RouteMixin:
+            ns.update(_sched_methods(cls))
+        sub = type(f"Netpoll{cls.__name__.lstrip('_')}", (mixin, cls), ns)
         _classes[cls] = sub
     return sub
 
