@@ -177,7 +177,11 @@ def test_handles_are_asyncio_handles(make: Callable[[], asyncio.AbstractEventLoo
         h = loop.call_soon(print, 1)
         t = loop.call_later(10, print, 2)
         t2 = loop.call_at(loop.time() + 5, print, 3)
-        assert type(h) is asyncio.Handle and type(t) is asyncio.TimerHandle
+        assert type(h) is asyncio.Handle
+        # a TimerHandle (on the netpoll loop a subclass whose cancel() is in C)
+        assert isinstance(t, asyncio.TimerHandle) and isinstance(t2, asyncio.TimerHandle)
+        assert type(t).__name__ == "TimerHandle" and not hasattr(t, "__dict__")
+        assert repr(t).startswith("<TimerHandle when=")
         assert t2 < t and not t < t2
         assert abs(t.when() - (loop.time() + 10)) < 1
         assert not h.cancelled() and "print" in repr(h)
@@ -565,3 +569,45 @@ def test_a_server_and_client_on_the_loop() -> None:
         return line
 
     assert netpoll.run(main()) == b"HELLO\n"
+
+
+def test_io_is_polled_after_the_callbacks_that_were_ready() -> None:
+    """libuv's order (uvloop's too): the callbacks ready at the start of an
+    iteration run, then the poll, then its I/O callbacks; on stock asyncio the
+    poll comes first. A reply written by a ready callback is therefore seen by
+    the same iteration's poll: R (the reader) runs before B (scheduled by A
+    after writing). The callbacks themselves keep asyncio's order."""
+    import socket
+
+    order: dict[str, list[str]] = {}
+    for name, make in (("stock", stock), ("netpoll", fast)):
+        loop = make()
+        a, b = socket.socketpair()
+        seen: list[str] = []
+        order[name] = seen
+        try:
+            a.setblocking(False)
+            b.setblocking(False)
+
+            def on_readable(seen: list[str] = seen, b: socket.socket = b) -> None:
+                b.recv(100)
+                seen.append("R")
+
+            loop.add_reader(b.fileno(), on_readable)
+
+            def first(seen: list[str] = seen, a: socket.socket = a,
+                      loop: asyncio.AbstractEventLoop = loop) -> None:
+                seen.append("A")
+                a.send(b"x")
+                loop.call_soon(seen.append, "B")
+
+            loop.call_soon(first)
+            loop.call_later(0.05, loop.stop)
+            loop.run_forever()
+            loop.remove_reader(b.fileno())
+        finally:
+            a.close()
+            b.close()
+            loop.close()
+    assert order["stock"] == ["A", "B", "R"]
+    assert order["netpoll"] == ["A", "R", "B"]

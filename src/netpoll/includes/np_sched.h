@@ -53,4 +53,31 @@ np_alloc(PyObject *t)
     return ((PyTypeObject *)t)->tp_alloc((PyTypeObject *)t, 0);
 }
 
+/* An instance attribute straight from the object's __dict__ (borrowed), or NULL
+ * (no error set) when it is not there. Only for classes where nothing on the
+ * type shadows the name (sched.pyx checks: no data descriptor, no custom
+ * __getattribute__/__getattr__ hooks in the way of these names). */
+static inline PyObject *
+np_iattr(PyObject *o, PyObject *name)
+{
+    PyObject **dp = _PyObject_GetDictPtr(o);
+    if (dp == NULL || *dp == NULL)
+        return NULL;
+    return PyDict_GetItemWithError(*dp, name);
+}
+
+/* Set an instance attribute that is already in the object's __dict__: 1 done,
+ * 0 not there (the caller uses setattr), -1 error. */
+static inline int
+np_iattr_set(PyObject *o, PyObject *name, PyObject *v)
+{
+    PyObject **dp = _PyObject_GetDictPtr(o);
+    if (dp == NULL || *dp == NULL)
+        return 0;
+    PyObject *old = PyDict_GetItemWithError(*dp, name);
+    if (old == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return PyDict_SetItem(*dp, name, v) < 0 ? -1 : 1;
+}
+
 #endif

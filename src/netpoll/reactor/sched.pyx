@@ -25,8 +25,13 @@ cdef extern from "np_sched.h":
     PyObject* np_slot(object o, Py_ssize_t off)          # borrowed, NULL = unset
     void np_slot_set(object o, Py_ssize_t off, object v)
     object np_alloc(object t)  # a new reference
+    PyObject* np_iattr(object o, object name) except? NULL   # borrowed, NULL = not there
+    int np_iattr_set(object o, object name, object v) except -1
 
 cdef extern from "Python.h":
+    # the singletons themselves (a C cast of True/False would be 1/0, not these)
+    PyObject* Py_True
+    PyObject* Py_False
     double PyFloat_AS_DOUBLE(object o)
     bint PyFloat_CheckExact(object o)
 
@@ -41,7 +46,6 @@ cdef type _TimerHandle = _aio_events.TimerHandle
 cdef object _Task = asyncio.Task
 cdef object _Future = asyncio.Future
 cdef object _EpollSelector = getattr(_selectors, "EpollSelector", None)
-cdef object _heapify = heapq.heapify
 cdef object _format_callback_source = _aio_format._format_callback_source
 cdef bint _format_takes_debug = "debug" in inspect.signature(_format_callback_source).parameters
 cdef Py_ssize_t _MIN_SCHEDULED = _aio_base._MIN_SCHEDULED_TIMER_HANDLES
@@ -96,6 +100,110 @@ cdef void _sched_init():
 _sched_init()
 
 
+# -- the loop's own attributes -------------------------------------------------------------
+#
+# BaseEventLoop keeps its state in the instance __dict__ (_ready, _scheduled,
+# _debug, ...). A generic getattr walks the type first (for data descriptors);
+# these read the dict directly, which _sched_methods allows only for classes
+# where no class in the MRO defines one of these names and attribute access is
+# not customised.
+
+cdef tuple _LOOP_ATTRS = ("_ready", "_scheduled", "_debug", "_closed", "_stopping",
+                          "_timer_cancelled_count", "_clock_resolution", "_task_factory",
+                          "_selector")
+cdef str A_READY = "_ready", A_SCHEDULED = "_scheduled", A_DEBUG = "_debug"
+cdef str A_CLOSED = "_closed", A_STOPPING = "_stopping", A_CANCELLED = "_timer_cancelled_count"
+cdef str A_RESOLUTION = "_clock_resolution", A_FACTORY = "_task_factory"
+
+
+cdef inline object _la(object self, str name):
+    cdef PyObject* v = np_iattr(self, name)
+    if v != NULL:
+        return <object>v
+    return getattr(self, name)
+
+
+cdef inline bint _ltrue(object self, str name) except -1:
+    # a flag attribute (_debug, _closed, _stopping), True/False read without a call
+    cdef PyObject* v = np_iattr(self, name)
+    if v == Py_False:
+        return False
+    if v == Py_True:
+        return True
+    if v != NULL:
+        return bool(<object>v)
+    return bool(getattr(self, name))
+
+
+cdef int _count_cancelled(object self) except -1:
+    # self._timer_cancelled_count += 1
+    n = _la(self, A_CANCELLED) + 1
+    if np_iattr_set(self, A_CANCELLED, n) == 0:
+        self._timer_cancelled_count = n
+    return 0
+
+
+cdef bint _plain_attrs(type cls) except -1:
+    # may _la read these names from the instance dict of cls's instances? (not
+    # if a class defines one as a data descriptor, or customises getattr)
+    if cls.__getattribute__ is not object.__getattribute__:
+        return False
+    for klass in cls.__mro__:
+        d = klass.__dict__
+        for name in _LOOP_ATTRS:
+            if name in d and hasattr(type(d[name]), "__set__"):
+                return False
+    return True
+
+
+# -- TimerHandle with cancel() in C -------------------------------------------------------
+#
+# uvicorn cancels and re-arms a keep-alive timer per request: asyncio's
+# TimerHandle.cancel is two Python frames (TimerHandle.cancel, Handle.cancel)
+# and a bound-method call into the loop. call_at/call_later make instances of
+# this subclass (no new state, __slots__ = (); isinstance(h, asyncio.TimerHandle)
+# holds, repr is asyncio's); its cancel does what asyncio's does, in C.
+
+class TimerHandle(_aio_events.TimerHandle):
+    """asyncio's ``TimerHandle``, with ``cancel()`` in C (netpoll loops over asyncio)."""
+    __slots__ = ()
+
+
+cdef type _NPTimerHandle = TimerHandle
+
+
+@cython.binding(True)
+def _timer_cancel(self):
+    """Cancel the call (asyncio's ``TimerHandle.cancel``)."""
+    cdef PyObject* v
+    cdef PyObject* lp
+    if type(self) is not _NPTimerHandle:
+        return _TimerHandle.cancel(self)
+    v = np_slot(self, OFF_CANCELLED)
+    if v == Py_True:
+        return None
+    lp = np_slot(self, OFF_LOOP)
+    if v != Py_False or lp == NULL:
+        return _TimerHandle.cancel(self)
+    loop = <object>lp
+    lt = type(loop)
+    if (lt._timer_handle_cancelled is not loop_timer_handle_cancelled
+            or lt.get_debug is not loop_get_debug or _ltrue(loop, A_DEBUG)):
+        return _TimerHandle.cancel(self)
+    v = np_slot(self, OFF_SCHEDULED)
+    if v == Py_True:
+        _count_cancelled(loop)
+    elif v != Py_False:
+        loop_timer_handle_cancelled(loop, self)
+    np_slot_set(self, OFF_CANCELLED, True)
+    np_slot_set(self, OFF_CALLBACK, None)
+    np_slot_set(self, OFF_ARGS, None)
+    return None
+
+
+TimerHandle.cancel = _timer_cancel
+
+
 # -- handles -----------------------------------------------------------------------------
 
 cdef object _new_handle(type cls, object callback, object args, object loop, object context):
@@ -113,23 +221,27 @@ cdef object _new_handle(type cls, object callback, object args, object loop, obj
     return h
 
 
+cdef inline bint _known_timer(object h) noexcept:
+    return type(h) is _NPTimerHandle or type(h) is _TimerHandle
+
+
 cdef inline bint _known(object h) noexcept:
-    return type(h) is _Handle or type(h) is _TimerHandle
+    return type(h) is _Handle or _known_timer(h)
 
 
 cdef inline bint _cancelled(object h) except -1:
     cdef PyObject* v
     if _known(h):
         v = np_slot(h, OFF_CANCELLED)
-        if v == <PyObject*>True:
+        if v == Py_True:
             return True
-        if v == <PyObject*>False:
+        if v == Py_False:
             return False
     return bool(h._cancelled)
 
 
 cdef inline void _set_scheduled(object h, bint value) except *:
-    if type(h) is _TimerHandle:
+    if _known_timer(h):
         np_slot_set(h, OFF_SCHEDULED, value)
     else:
         h._scheduled = value
@@ -137,7 +249,7 @@ cdef inline void _set_scheduled(object h, bint value) except *:
 
 cdef inline object _when(object h):
     cdef PyObject* v
-    if type(h) is _TimerHandle:
+    if _known_timer(h):
         v = np_slot(h, OFF_WHEN)
         if v != NULL:
             return <object>v
@@ -149,7 +261,7 @@ cdef inline object _when(object h):
 cdef inline int _timer_lt(object a, object b) except -1:
     cdef PyObject* wa
     cdef PyObject* wb
-    if type(a) is _TimerHandle and type(b) is _TimerHandle:
+    if _known_timer(a) and _known_timer(b):
         wa = np_slot(a, OFF_WHEN)
         wb = np_slot(b, OFF_WHEN)
         if wa != NULL and wb != NULL:
@@ -201,6 +313,13 @@ cdef int _siftup(list heap, Py_ssize_t pos) except -1:
 cdef inline int _heappush(list heap, object item) except -1:
     heap.append(item)
     return _siftdown(heap, 0, len(heap) - 1)
+
+
+cdef int _heapify_c(list heap) except -1:
+    cdef Py_ssize_t i
+    for i in range(len(heap) // 2 - 1, -1, -1):
+        _siftup(heap, i)
+    return 0
 
 
 cdef object _heappop(list heap):
@@ -262,22 +381,22 @@ cdef int _run_handle(object loop, object h) except -1:
 @cython.binding(True)
 def loop_call_soon(self, callback, *args, context=None):
     """asyncio's ``call_soon``, in C (netpoll loops over stock asyncio)."""
-    if self._debug:
+    if _ltrue(self, A_DEBUG):
         return _base_call_soon(self, callback, *args, context=context)
-    if self._closed:
+    if _ltrue(self, A_CLOSED):
         raise RuntimeError("Event loop is closed")
     h = _new_handle(_Handle, callback, args, self, context)
-    self._ready.append(h)
+    _la(self, A_READY).append(h)
     return h
 
 
 @cython.binding(True)
 def loop__call_soon(self, callback, args, context):
     """asyncio's ``_call_soon`` (``call_soon_threadsafe`` uses it), in C."""
-    if self._debug:
+    if _ltrue(self, A_DEBUG):
         return _base__call_soon(self, callback, args, context)
     h = _new_handle(_Handle, callback, args, self, context)
-    self._ready.append(h)
+    _la(self, A_READY).append(h)
     return h
 
 
@@ -287,12 +406,12 @@ cdef inline bint _base_clock(object cls):
 
 
 cdef object _call_at(object self, object when, object callback, object args, object context):
-    if self._closed:
+    if _ltrue(self, A_CLOSED):
         raise RuntimeError("Event loop is closed")
-    t = _new_handle(_TimerHandle, callback, args, self, context)
+    t = _new_handle(_NPTimerHandle, callback, args, self, context)
     np_slot_set(t, OFF_WHEN, when)
     np_slot_set(t, OFF_SCHEDULED, False)
-    _heappush(self._scheduled, t)
+    _heappush(_la(self, A_SCHEDULED), t)
     np_slot_set(t, OFF_SCHEDULED, True)
     return t
 
@@ -302,7 +421,7 @@ def loop_call_at(self, when, callback, *args, context=None):
     """asyncio's ``call_at``, in C."""
     if when is None:
         raise TypeError("when cannot be None")
-    if self._debug:
+    if _ltrue(self, A_DEBUG):
         return _base_call_at(self, when, callback, *args, context=context)
     return _call_at(self, when, callback, args, context)
 
@@ -313,7 +432,7 @@ def loop_call_later(self, delay, callback, *args, context=None):
     if delay is None:
         raise TypeError("delay must not be None")
     cls = type(self)
-    if self._debug or cls.call_at is not loop_call_at:
+    if _ltrue(self, A_DEBUG) or cls.call_at is not loop_call_at:
         return _base_call_later(self, delay, callback, *args, context=context)
     now = monotonic() if _base_clock(cls) else self.time()
     return _call_at(self, now + delay, callback, args, context)
@@ -323,23 +442,23 @@ def loop_call_later(self, delay, callback, *args, context=None):
 def loop_timer_handle_cancelled(self, handle):
     """asyncio's ``_timer_handle_cancelled``, in C."""
     cdef PyObject* v
-    if type(handle) is _TimerHandle:
+    if _known_timer(handle):
         v = np_slot(handle, OFF_SCHEDULED)
-        if v == <PyObject*>False:
+        if v == Py_False:
             return
-        if v == <PyObject*>True:
-            self._timer_cancelled_count += 1
+        if v == Py_True:
+            _count_cancelled(self)
             return
     if handle._scheduled:
-        self._timer_cancelled_count += 1
+        _count_cancelled(self)
 
 
 @cython.binding(True)
 def loop_create_task(self, coro, *, name=None, context=None):
     """asyncio's ``create_task``, in C."""
-    if self._closed:
+    if _ltrue(self, A_CLOSED):
         raise RuntimeError("Event loop is closed")
-    if self._debug or self._task_factory is not None:
+    if _ltrue(self, A_DEBUG) or _la(self, A_FACTORY) is not None:
         return _base_create_task(self, coro, name=name, context=context)
     return _Task(coro, loop=self, name=name, context=context)
 
@@ -353,7 +472,7 @@ def loop_time(self):
 @cython.binding(True)
 def loop_get_debug(self):
     """asyncio's ``get_debug``, in C (every Future and Task asks it)."""
-    return self._debug
+    return _la(self, A_DEBUG)
 
 
 @cython.binding(True)
@@ -422,20 +541,38 @@ cdef int _select_and_dispatch(object self, object sel, object timeout, object re
     return 0
 
 
+cdef int _requeue(object ready, Py_ssize_t at, list items, Py_ssize_t done) except -1:
+    # a BaseException left the iteration: what it had taken but not run goes back
+    # into _ready where asyncio would have left it (before what was scheduled since)
+    cdef Py_ssize_t i, n = len(items)
+    for i in range(done, n):
+        ready.insert(at + i - done, items[i])
+    return 0
+
+
 @cython.binding(True)
 def loop_run_once(self):
-    """asyncio's ``_run_once``, in C: timers, one poll, then the ready callbacks."""
-    cdef Py_ssize_t sched_count, i, ntodo
-    cdef list scheduled, kept
+    """asyncio's ``_run_once``, in C, in libuv's order.
+
+    asyncio polls, then runs what was ready before the poll, what the poll made
+    ready and the timers that are due, in that order. This runs the same callbacks
+    in the same order, but polls *after* the ones that were ready before it (as
+    uvloop does): a reply written by one of them is on the wire before the poll,
+    so the peer's next request can be in this poll's events rather than the next
+    iteration's, and a coroutine that resumes after its reply often finds it
+    already buffered instead of parking on a Future.
+    """
+    cdef Py_ssize_t sched_count, i, ntodo, n_io, n_due
+    cdef list scheduled, kept, due, io
     cdef double dt
-    if self._debug:
+    if _ltrue(self, A_DEBUG):
         return _base_run_once(self)
     cls = type(self)
     base_time = _base_clock(cls)
-    scheduled = self._scheduled
+    scheduled = _la(self, A_SCHEDULED)
     sched_count = len(scheduled)
     if (sched_count > _MIN_SCHEDULED and
-            self._timer_cancelled_count / sched_count > _MIN_CANCELLED_FRACTION):
+            _la(self, A_CANCELLED) / sched_count > _MIN_CANCELLED_FRACTION):
         # drop the cancelled timers when they are the majority
         kept = []
         for h in scheduled:
@@ -443,25 +580,65 @@ def loop_run_once(self):
                 _set_scheduled(h, False)
             else:
                 kept.append(h)
-        _heapify(kept)
+        _heapify_c(kept)
         self._scheduled = kept
         self._timer_cancelled_count = 0
     else:
         # drop the cancelled timers at the head
         while True:
-            scheduled = self._scheduled
+            scheduled = _la(self, A_SCHEDULED)
             if not scheduled or not _cancelled(scheduled[0]):
                 break
             self._timer_cancelled_count -= 1
             h = _heappop(scheduled)
             _set_scheduled(h, False)
 
-    ready = self._ready
+    # the timers that are due (taken before anything runs, as asyncio takes them
+    # before it runs the iteration: a call_later(0) made below runs next time)
+    ready = _la(self, A_READY)
+    due = None
+    n_due = 0
+    scheduled = _la(self, A_SCHEDULED)
+    if scheduled:
+        end_time = (monotonic() if base_time else self.time()) + _la(self, A_RESOLUTION)
+        while True:
+            scheduled = _la(self, A_SCHEDULED)
+            if not scheduled:
+                break
+            h = scheduled[0]
+            if _when(h) >= end_time:
+                break
+            h = _heappop(scheduled)
+            _set_scheduled(h, False)
+            if due is None:
+                due = []
+            due.append(h)
+        if due is not None:
+            n_due = len(due)
+
+    # 1. what was ready before this iteration
+    ntodo = len(ready)
+    popleft = ready.popleft
+    i = 0
+    try:
+        while i < ntodo:
+            h = popleft()
+            i += 1
+            if _cancelled(h):
+                continue
+            _run_handle(self, h)
+    except BaseException:
+        if due is not None:
+            _requeue(ready, ntodo - i, due, 0)
+        raise
+    h = None
+
+    # 2. one poll: block only if nothing is ready, due or stopping
     timeout = None
-    if ready or self._stopping:
+    if ready or n_due or _ltrue(self, A_STOPPING):
         timeout = 0
     else:
-        scheduled = self._scheduled
+        scheduled = _la(self, A_SCHEDULED)
         if scheduled:
             when = _when(scheduled[0])
             now = monotonic() if base_time else self.time()
@@ -475,36 +652,51 @@ def loop_run_once(self):
             else:
                 timeout = min(max(0, when - now), _MAX_SELECT_TIMEOUT)
 
-    sel = self._selector
-    if _may_select_directly(self, sel):
-        _select_and_dispatch(self, sel, timeout, ready)
+    # what the poll makes ready lands at the end of _ready, after what step 1
+    # scheduled: take it from there, it runs now, before those
+    n_before = len(ready)
+    sel = _la(self, "_selector")
+    try:
+        if _may_select_directly(self, sel):
+            _select_and_dispatch(self, sel, timeout, ready)
+        else:
+            event_list = sel.select(timeout)
+            self._process_events(event_list)
+            event_list = None
+    except BaseException:
+        if due is not None:
+            _requeue(ready, 0, due, 0)
+        raise
+    n_io = len(ready) - n_before
+    io = None
+    if n_io > 0:
+        io = [None] * n_io
+        pop = ready.pop
+        for i in range(n_io - 1, -1, -1):
+            io[i] = pop()
+        if due is not None:
+            io.extend(due)
     else:
-        event_list = sel.select(timeout)
-        self._process_events(event_list)
-        event_list = None
+        io = due
+    if io is None:
+        return
+    due = None
 
-    # the timers that are due
-    end_time = (monotonic() if base_time else self.time()) + self._clock_resolution
-    while True:
-        scheduled = self._scheduled
-        if not scheduled:
-            break
-        h = scheduled[0]
-        if _when(h) >= end_time:
-            break
-        h = _heappop(scheduled)
-        _set_scheduled(h, False)
-        ready.append(h)
-
-    # the callbacks ready now (not those they schedule: those run next time)
-    ntodo = len(ready)
-    popleft = ready.popleft
-    for i in range(ntodo):
-        h = popleft()
-        if _cancelled(h):
-            continue
-        _run_handle(self, h)
+    # 3. the poll's callbacks, then the due timers
+    ntodo = len(io)
+    i = 0
+    try:
+        while i < ntodo:
+            h = io[i]
+            i += 1
+            if _cancelled(h):
+                continue
+            _run_handle(self, h)
+    except BaseException:
+        _requeue(ready, 0, io, i)
+        raise
     h = None
+    io = None
 
 
 def _sched_methods(cls: type) -> dict:
@@ -516,7 +708,7 @@ def _sched_methods(cls: type) -> dict:
     """
     if not sched_usable or os.environ.get("NETPOLL_LOOP_SCHED", "1") == "0":
         return {}
-    if not issubclass(cls, _aio_selector.BaseSelectorEventLoop):
+    if not issubclass(cls, _aio_selector.BaseSelectorEventLoop) or not _plain_attrs(cls):
         return {}
     ours = {
         "call_soon": (loop_call_soon, _base_call_soon),
