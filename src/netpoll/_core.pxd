@@ -134,6 +134,8 @@ cdef class _Ring:
     cdef readonly Py_ssize_t live      # requests in flight (0 once all ended)
     cdef Py_ssize_t parked             # of them, SENDs of finished connections
     cdef int naccept                   # of them, multishot ACCEPTs (a server's; see uring.pyx)
+    cdef Py_ssize_t zc_min             # SEND_ZC for SENDs of at least this many bytes (0: off)
+    cdef Py_ssize_t zlive              # of them, SEND_ZCs awaiting their notification CQE
 
     cdef unsigned long long req_new(self, object owner, unsigned int kind) except 0
     cdef object req_get(self, unsigned long long ud)

@@ -40,7 +40,8 @@ from libc.stdlib cimport calloc, free, malloc as c_malloc, realloc
 from libc.string cimport memcpy, memset
 from posix.uio cimport iovec
 
-from netpoll._buffer cimport Chunk, LinkBuffer, NETPOLL_DEBUG, chunk_leak, chunk_new
+from netpoll._buffer cimport Chunk, LinkBuffer, NETPOLL_DEBUG, Node, chunk_leak, chunk_new
+from posix.unistd cimport usleep
 from netpoll.includes.system cimport *
 from netpoll.includes.uring cimport *
 

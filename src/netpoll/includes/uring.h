@@ -490,6 +490,36 @@ static inline void np_sqe_sendmsg(struct io_uring_sqe *sqe, int fd, const struct
     sqe->user_data = user_data;
 }
 
+/* Zero-copy output (opt-in, NETPOLL_URING_SEND_ZC=1): SEND_ZC (one iovec) or
+ * SENDMSG_ZC. The kernel pins the pages instead of copying: it may read them
+ * until the *notification* CQE (IORING_CQE_F_NOTIF, same user_data), not just
+ * the first CQE, which carries the result and IORING_CQE_F_MORE when a
+ * notification follows. REPORT_USAGE: the notification's res has
+ * IORING_NOTIF_USAGE_ZC_COPIED when the kernel copied after all (loopback). */
+static inline void np_sqe_send_zc(struct io_uring_sqe *sqe, int fd, const void *buf, unsigned len,
+                                  unsigned long long user_data)
+{
+    sqe->opcode = IORING_OP_SEND_ZC;
+    sqe->fd = fd;
+    sqe->addr = (unsigned long long)(unsigned long)buf;
+    sqe->len = len;
+    sqe->ioprio = IORING_SEND_ZC_REPORT_USAGE;
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+    sqe->user_data = user_data;
+}
+
+static inline void np_sqe_sendmsg_zc(struct io_uring_sqe *sqe, int fd, const struct msghdr *msg,
+                                     unsigned long long user_data)
+{
+    sqe->opcode = IORING_OP_SENDMSG_ZC;
+    sqe->fd = fd;
+    sqe->addr = (unsigned long long)(unsigned long)msg;
+    sqe->len = 1;
+    sqe->ioprio = IORING_SEND_ZC_REPORT_USAGE;
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+    sqe->user_data = user_data;
+}
+
 static inline void np_sqe_cancel(struct io_uring_sqe *sqe, unsigned long long target,
                                  unsigned long long user_data)
 {

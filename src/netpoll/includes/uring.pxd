@@ -22,6 +22,10 @@ cdef extern from "<linux/io_uring.h>" nogil:
         IORING_SETUP_NO_SQARRAY
         IORING_ENTER_GETEVENTS
         IORING_CQE_F_MORE
+        IORING_CQE_F_NOTIF
+        IORING_OP_SEND_ZC
+        IORING_OP_SENDMSG_ZC
+        IORING_NOTIF_USAGE_ZC_COPIED
 
     cdef struct io_uring_sqe:
         unsigned char opcode
@@ -80,5 +84,9 @@ cdef extern from "uring.h" nogil:
     void np_sqe_send(io_uring_sqe* sqe, int fd, const void* buf, unsigned int len,
                      unsigned long long user_data)
     void np_sqe_sendmsg(io_uring_sqe* sqe, int fd, const void* msg, unsigned long long user_data)
+    void np_sqe_send_zc(io_uring_sqe* sqe, int fd, const void* buf, unsigned int len,
+                        unsigned long long user_data)
+    void np_sqe_sendmsg_zc(io_uring_sqe* sqe, int fd, const void* msg,
+                           unsigned long long user_data)
     void np_sqe_cancel(io_uring_sqe* sqe, unsigned long long target,
                        unsigned long long user_data)

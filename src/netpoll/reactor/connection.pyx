@@ -1229,7 +1229,8 @@ cdef class Connection:
             self.check_write_limit()
             return None
         if self.poller.in_pass and self.poller.ring.send and self.tls_layer is None \
-                and (self.uring_sid or self.outbuf.length < URING_GATHER_MAX):
+                and (self.uring_sid or self.outbuf.length < URING_GATHER_MAX
+                     or uring_zc_fits(self.poller.ring, self.outbuf.length)):
             return uring_send(self.poller, self)     # io_uring: one submit for the pass
         r = self.send_out()
         if r == 0:

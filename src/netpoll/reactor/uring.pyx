@@ -64,7 +64,7 @@
 # io_uring_enter. Request ids, buffer and output ownership, cancellation and
 # teardown: docs/design.md, "The io_uring backend". A server's listener is
 # accepted through a ring too (multishot ACCEPT; "multishot accept" at the end
-# of this file). Not done: SEND_ZC.
+# of this file). Opt-in: SEND_ZC for large outputs ("zero-copy sends" below).
 
 cdef enum:
     # the low two bits of a request's user_data say what it is (0 is a cancel's)
@@ -90,6 +90,11 @@ cdef enum:
     # goes out with send(2) at once (its syscall is amortised over the bytes, and
     # at 16 KiB x 500 gathered SENDs measured 0.65x epoll, this 0.89x)
     URING_GATHER_MAX = 16384
+    # NETPOLL_URING_SEND_ZC=1: outputs of at least this many bytes go out with
+    # SEND_ZC (NETPOLL_URING_SEND_ZC_MIN); "zero-copy sends" below
+    URING_ZC_MIN = 16384
+    # ring teardown waits this many ms at most for SEND_ZC notifications
+    URING_ZC_DRAIN_MS = 250
 
 cdef tuple _uring_status = None        # (errno, reason) or (0, "") once probed
 
@@ -156,6 +161,56 @@ cdef Py_ssize_t uring_adopted = 0      # provided buffers handed to an input Lin
 cdef Py_ssize_t uring_copied = 0       # provided buffers copied out (below the threshold)
 cdef Py_ssize_t uring_bufs = 0         # chunks held by buffer rings, over all rings
 cdef Py_ssize_t uring_leaked = 0       # chunks leaked by rings torn down under live requests
+
+# SEND_ZC (opt-in; "zero-copy sends" below)
+cdef bint _zc_refused = False          # the kernel refused SEND_ZC (EOPNOTSUPP): plain SENDs
+cdef Py_ssize_t uring_zc_sends = 0     # SEND_ZC/SENDMSG_ZC requests submitted
+cdef Py_ssize_t uring_zc_notifs = 0    # their notification CQEs
+cdef Py_ssize_t uring_zc_copied = 0    # notifications saying the kernel copied after all
+cdef Py_ssize_t uring_zc_pending = 0   # SEND_ZCs awaiting their notification, over all rings
+cdef Py_ssize_t uring_zc_leaked = 0    # chunks leaked by a teardown that could not wait
+cdef Py_ssize_t uring_zc_drained = 0   # SEND_ZCs a ring teardown waited for
+
+
+@cython.final
+cdef class _ZcSend:
+    """The owner of a SEND_ZC request in the ring's table, until its notification."""
+    cdef Connection c      # the connection, until the result CQE (None once parked)
+    cdef LinkBuffer held   # the bytes the kernel may still read: a slice of the
+                           # output after the result CQE, the whole output if parked
+    cdef bint parked       # counted in parked_outputs
+
+
+cdef Py_ssize_t _zc_setup(np_ring* r) except -1:
+    # NETPOLL_URING_SEND_ZC=1 (default 0): SEND_ZC for outputs of at least
+    # NETPOLL_URING_SEND_ZC_MIN bytes (default 16 KiB). 0: off.
+    cdef unsigned char ops[2]
+    raw = os.environ.get("NETPOLL_URING_SEND_ZC", "0")
+    if raw in ("", "0"):
+        return 0
+    if raw != "1":
+        raise ValueError(f"NETPOLL_URING_SEND_ZC={raw!r}: expected 0 or 1")
+    n = _env_int("NETPOLL_URING_SEND_ZC_MIN", URING_ZC_MIN, 1, 1 << 30)
+    ops[0] = IORING_OP_SEND_ZC
+    ops[1] = IORING_OP_SENDMSG_ZC
+    if np_ring_probe(r, ops, 2) != 1:
+        config.logger.debug("netpoll: io_uring SEND_ZC unsupported by this kernel: plain SENDs")
+        return 0
+    return n
+
+
+@cython.binding(True)
+def _uring_zc_debug(reset=False):
+    """Counters of the SEND_ZC path (tests): pending returns to zero once every
+    connection is gone and its notifications came (or its ring is torn down).
+    reset=True forgets an earlier refusal (EOPNOTSUPP)."""
+    global _zc_refused
+    if reset:
+        _zc_refused = False
+    return {"sends": uring_zc_sends, "notifs": uring_zc_notifs, "copied": uring_zc_copied,
+            "pending": uring_zc_pending,
+            "drained": uring_zc_drained, "leaked_chunks": uring_zc_leaked,
+            "refused": _zc_refused}
 
 
 @cython.binding(True)
@@ -290,6 +345,8 @@ cdef class _Ring:
         if rc < 0:
             raise oserror(-rc, "io_uring_setup")
         self.send = _send_model_wanted()
+        if self.send:
+            self.zc_min = _zc_setup(&self.r)
         self.ncqes = URING_REAP
         self.cqes = <np_cqe*>c_malloc(sizeof(np_cqe) * self.ncqes)
         if self.cqes == NULL:
@@ -328,6 +385,8 @@ cdef class _Ring:
         cdef PyObject* o
         if self.naccept:
             _uring_accept_teardown(self)    # fds accepted but not yet reaped are closed
+        if self.zlive:
+            _uring_zc_drain(self)           # SEND_ZC bytes the kernel may still read
         leak = np_pbuf_teardown(&self.r, &self.pb)
         self.recv = False
         if self.bufs != NULL:
@@ -480,14 +539,21 @@ cdef class _Ring:
         return 0
 
     cdef void req_end(self, unsigned long long ud) noexcept:
-        global uring_requests, uring_parked
+        global uring_requests, uring_parked, uring_zc_pending
         cdef unsigned int slot = <unsigned int>((ud >> 2) & 0x3fffffff)
         if ud == 0 or slot >= self.nslots or self.req_ids[slot] != ud:
             return
         self.req_ids[slot] = 0
-        if type(self.reqs[slot]) is LinkBuffer:
+        owner = <object>PyList_GET_ITEM(self.reqs, slot)
+        if type(owner) is LinkBuffer:
             uring_parked -= 1
             self.parked -= 1
+        elif type(owner) is _ZcSend:
+            uring_zc_pending -= 1
+            self.zlive -= 1
+            if (<_ZcSend>owner).parked:
+                uring_parked -= 1
+                self.parked -= 1
         self.reqs[slot] = None
         self.free_slots[self.nfree] = slot
         self.nfree += 1
@@ -495,11 +561,13 @@ cdef class _Ring:
         uring_requests -= 1
 
     cdef int reqs_clear(self) except -1:
-        global uring_requests, uring_parked
+        global uring_requests, uring_parked, uring_zc_pending
         cdef unsigned int i
         uring_requests -= self.live
         uring_parked -= self.parked
+        uring_zc_pending -= self.zlive
         self.parked = 0
+        self.zlive = 0
         for i in range(self.nslots):
             if self.req_ids[i]:
                 self.req_ids[i] = 0
@@ -658,6 +726,8 @@ cdef Connection _uring_take(_Ring ring, np_cqe* cq):
     if obj is None:
         return None
     if type(obj) is not Connection:
+        if type(obj) is _ZcSend:
+            return _uring_zc_take(ring, <_ZcSend>obj, cq)
         # the output of a connection finished while its SEND was in flight
         # (uring_park_send): the kernel is done reading it now
         ring.req_end(pid)
@@ -683,6 +753,10 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
     cdef unsigned int ev
     cdef int res = cq.res
     if cq.user_data & ID_KIND == ID_SEND:
+        if cq.flags & IORING_CQE_F_MORE:
+            return _uring_zc_sent(p, c, cq)    # a SEND_ZC's result: its notification follows
+        if res == -_errno.EOPNOTSUPP and p.ring.zc_min and not _zc_refused:
+            return _uring_zc_refused(p, c)
         return _uring_sent(p, c, res)
     if cq.user_data & ID_KIND == ID_RECV:
         if cq.flags & IORING_CQE_F_BUFFER:
@@ -851,12 +925,14 @@ cdef int uring_send(Poller p, Connection c) except -1:
     msg = <msghdr*>(PyByteArray_AS_STRING(c.uring_msg) + sizeof(Py_ssize_t))
     iov = <iovec*>(<char*>msg + sizeof(msghdr))
     cnt = c.outbuf.fill_iovecs(iov, MAX_IOV, &total)
+    if cnt == 1 and iov[0].iov_len > (1 << 30):
+        iov[0].iov_len = 1 << 30
+        total = iov[0].iov_len
+    if uring_zc_fits(p.ring, total):
+        return _uring_send_zc(p, c, iov, cnt, total)
     sqe = p.ring.sqe()
     sid = p.ring.req_new(c, ID_SEND)
     if cnt == 1:
-        if iov[0].iov_len > (1 << 30):
-            iov[0].iov_len = 1 << 30
-        total = iov[0].iov_len
         np_sqe_send(sqe, c.fd, iov[0].iov_base, <unsigned int>total, sid)
     else:
         memset(msg, 0, sizeof(msghdr))
@@ -880,14 +956,15 @@ cdef inline void _slen_clear(Connection c) noexcept:
         (<Py_ssize_t*>PyByteArray_AS_STRING(c.uring_msg))[0] = 0
 
 
-cdef int _uring_sent(Poller p, Connection c, int res) except -1:
-    # The CQE of c's SEND: the kernel is done with its bytes.
+cdef int _uring_sent(Poller p, Connection c, int res, bint taken=False) except -1:
+    # The CQE of c's SEND: the kernel is done with its bytes (a SEND_ZC's
+    # result: they were taken out of the output already, `taken`).
     cdef Py_ssize_t slen = _slen(c)
     cdef double due
     _slen_clear(c)
     if c.finished:
         return 0
-    if res > 0:
+    if res > 0 and not taken:
         c.outbuf.consume(res)
     if c.closed_by:
         return 0
@@ -923,15 +1000,211 @@ cdef int _uring_sent(Poller p, Connection c, int res) except -1:
 
 
 cdef int uring_park_send(Poller p, Connection c) except -1:
-    """c is finished with a SEND in flight: keep its output alive until the CQE."""
+    """c is finished with a SEND in flight: keep its output alive until the CQE
+    (a SEND_ZC's: until its notification)."""
+    global uring_parked
     cdef LinkBuffer out = c.outbuf
+    cdef _ZcSend z
     if c.uring_sid:
-        p.ring.req_set(c.uring_sid, out)
+        owner = p.ring.req_get(c.uring_sid)
+        if type(owner) is _ZcSend:
+            z = <_ZcSend>owner
+            z.c = None
+            z.held = out
+            z.parked = True
+            uring_parked += 1
+            p.ring.parked += 1
+        else:
+            p.ring.req_set(c.uring_sid, out)
         c.outbuf = LinkBuffer.__new__(LinkBuffer)
         c.outbuf.c_close()
         c.uring_sid = 0
         _slen_clear(c)
     return 0
+
+
+# -- zero-copy sends (opt-in) ---------------------------------------------------------
+#
+# NETPOLL_URING_SEND_ZC=1: a gathered send (uring_send) of at least
+# NETPOLL_URING_SEND_ZC_MIN bytes (default 16 KiB) is a SEND_ZC (one iovec) or
+# SENDMSG_ZC, and flush_nowait gathers such outputs instead of calling send(2)
+# (URING_GATHER_MAX). The kernel pins the pages instead of copying them, so it
+# may read the bytes until the request's *notification* CQE (IORING_CQE_F_NOTIF),
+# which comes after the result CQE (res, IORING_CQE_F_MORE) - on TCP once the
+# peer has ACKed them. Ownership:
+#   * The request's owner in the table is a _ZcSend (not the Connection), from
+#     submission to the notification (or a result CQE without F_MORE: nothing
+#     follows then).
+#   * Result CQE: the `res` bytes sent leave the output as a slice (c_slice: the
+#     same chunks, shared, sealed - no copy), held by the _ZcSend until the
+#     notification; the connection is free at once (uring_sid = 0), so its next
+#     SEND can follow in the same pass and order is kept (one send at a time,
+#     each queued behind the previous one's result). The slice's reference keeps
+#     the chunks out of the pool and keeps the output's own nodes from being
+#     rewound (sole_owner), so nothing the kernel may read is rewritten.
+#   * A connection finished before the result CQE parks its whole output in the
+#     _ZcSend (uring_park_send).
+#   * Notification: the _ZcSend leaves the table and the bytes go.
+#   * Ring teardown: after the synchronous cancel, wait (URING_ZC_DRAIN_MS at
+#     most, reaping with GETEVENTS) for the notifications still due; if some
+#     never come (a peer that does not ACK, or a single-issuer ring closed from
+#     another thread) their chunks are leaked (chunk_leak), never reused.
+#   * EOPNOTSUPP (a socket without zero-copy, e.g. AF_UNIX): SEND_ZC is off for
+#     the process (logged once at debug) and this output goes again as a SEND.
+
+cdef inline bint uring_zc_fits(_Ring ring, Py_ssize_t n) noexcept:
+    """A gathered send of n bytes goes with SEND_ZC."""
+    return ring.zc_min != 0 and n >= ring.zc_min and not _zc_refused
+
+
+cdef int _uring_send_zc(Poller p, Connection c, iovec* iov, int cnt, Py_ssize_t total) except -1:
+    global uring_zc_sends, uring_zc_pending
+    cdef io_uring_sqe* sqe
+    cdef msghdr* msg
+    cdef unsigned long long sid
+    cdef _ZcSend z = _ZcSend.__new__(_ZcSend)
+    z.c = c
+    sqe = p.ring.sqe()
+    sid = p.ring.req_new(z, ID_SEND)
+    p.ring.zlive += 1
+    uring_zc_pending += 1
+    uring_zc_sends += 1
+    if cnt == 1:
+        np_sqe_send_zc(sqe, c.fd, iov[0].iov_base, <unsigned int>total, sid)
+    else:
+        msg = <msghdr*>(PyByteArray_AS_STRING(c.uring_msg) + sizeof(Py_ssize_t))
+        memset(msg, 0, sizeof(msghdr))
+        msg.msg_iov = iov
+        msg.msg_iovlen = cnt
+        np_sqe_sendmsg_zc(sqe, c.fd, msg, sid)
+    c.uring_sid = sid
+    (<Py_ssize_t*>PyByteArray_AS_STRING(c.uring_msg))[0] = total
+    return 0
+
+
+cdef Connection _uring_zc_take(_Ring ring, _ZcSend z, np_cqe* cq):
+    # A CQE of a SEND_ZC: its result (the connection, if not parked) or its
+    # notification (the kernel is done with the bytes: they go).
+    global uring_zc_notifs, uring_zc_copied
+    cdef Connection c = z.c
+    cdef unsigned long long pid = cq.user_data
+    if cq.flags & IORING_CQE_F_NOTIF:
+        uring_zc_notifs += 1
+        if (<unsigned int>cq.res) & IORING_NOTIF_USAGE_ZC_COPIED:
+            uring_zc_copied += 1
+        ring.req_end(pid)
+        return None
+    z.c = None
+    if not (cq.flags & IORING_CQE_F_MORE):
+        ring.req_end(pid)         # no notification follows (the request failed early)
+    if c is not None and c.uring_sid == pid:
+        c.uring_sid = 0
+    return c
+
+
+cdef int _uring_zc_sent(Poller p, Connection c, np_cqe* cq) except -1:
+    # The result CQE of c's SEND_ZC (a notification follows): the bytes sent
+    # stay alive, held by the request, until it; the rest of the output is c's.
+    cdef int res = cq.res
+    cdef _ZcSend z
+    if res == -_errno.EOPNOTSUPP and not _zc_refused:
+        return _uring_zc_refused(p, c)
+    owner = p.ring.req_get(cq.user_data)
+    if res > 0 and not c.finished and type(owner) is _ZcSend:
+        z = <_ZcSend>owner
+        z.held = c.outbuf.c_slice(res)
+        return _uring_sent(p, c, res, True)
+    return _uring_sent(p, c, res)
+
+
+cdef int _uring_zc_refused(Poller p, Connection c) except -1:
+    # EOPNOTSUPP: this socket (and so, cheaply, the process) sends without
+    # zero-copy; nothing was sent: this output goes again as a plain SEND.
+    global _zc_refused
+    _zc_refused = True
+    config.logger.debug("netpoll: io_uring SEND_ZC refused (fd %d: %s): plain SENDs from now on",
+                        c.fd, os.strerror(_errno.EOPNOTSUPP))
+    if p.in_pass and not c.finished and not c.closed_by and not c.writing:
+        _slen_clear(c)
+        return uring_send(p, c)
+    return _uring_sent(p, c, -_errno.EAGAIN)
+
+
+cdef void _uring_zc_drain(_Ring ring) noexcept:
+    # Teardown with SEND_ZC notifications due: the kernel may still read those
+    # bytes. Cancel everything else, then reap (GETEVENTS runs the deferred
+    # completion work) until they came, URING_ZC_DRAIN_MS at most; leak what
+    # is still held after that.
+    global uring_accept_closed, uring_zc_drained
+    cdef np_cqe cq
+    cdef int idle = 0
+    cdef bint got
+    cdef _ZcSend z
+    if ring.r.fd >= 0:
+        np_ring_cancel_all(&ring.r)
+        while ring.zlive > 0 and idle < URING_ZC_DRAIN_MS:
+            if np_ring_submit(&ring.r, 0, IORING_ENTER_GETEVENTS) < 0:
+                break             # not the ring's thread (single issuer): cannot wait
+            got = False
+            while np_ring_reap(&ring.r, &cq, 1) == 1:
+                got = True
+                if cq.user_data & ID_KIND == ID_ACCEPT:
+                    if cq.res >= 0:
+                        close(cq.res)
+                        uring_accept_closed += 1
+                    continue
+                owner = ring.req_get(cq.user_data)
+                if type(owner) is _ZcSend:
+                    z = <_ZcSend>owner
+                    if z.c is not None and z.held is None:
+                        z.held = z.c.outbuf    # its bytes stay there (abandon comes after)
+                    _uring_zc_take(ring, z, &cq)
+                    if cq.flags & IORING_CQE_F_NOTIF:
+                        uring_zc_drained += 1
+            if not got:
+                with nogil:       # the peer may be a thread of this process
+                    usleep(1000)
+                idle += 1
+    if ring.zlive > 0:
+        _uring_zc_leak(ring)
+
+
+cdef void _uring_zc_leak(_Ring ring) noexcept:
+    # The notifications did not come: the kernel may still read these chunks.
+    global uring_zc_leaked, uring_leaked
+    cdef unsigned int i
+    cdef _ZcSend z
+    cdef Py_ssize_t n = 0
+    for i in range(ring.nslots):
+        if ring.req_ids[i] == 0:
+            continue
+        owner = <object>PyList_GET_ITEM(ring.reqs, i)
+        if type(owner) is not _ZcSend:
+            continue
+        z = <_ZcSend>owner
+        if z.held is not None:
+            n += _leak_nodes(z.held)
+        if z.c is not None:
+            n += _leak_nodes(z.c.outbuf)
+    uring_zc_leaked += n
+    uring_leaked += n
+    config.logger.debug("netpoll: io_uring teardown: %d SEND_ZC notifications did not come; "
+                        "%d chunks leaked", ring.zlive, n)
+
+
+cdef Py_ssize_t _leak_nodes(LinkBuffer b) noexcept:
+    cdef Node* r = b.rd
+    cdef Chunk ch
+    cdef Py_ssize_t n = 0
+    while r != NULL:
+        ch = <Chunk>r.chunk
+        if ch.cls == -2 and ch.base is not None:
+            Py_INCREF(ch.base)    # external memory (a bytes object): kept forever
+        else:
+            chunk_leak(ch)
+        n += 1
+        r = r.next
+    return n
 
 
 # -- multishot accept -----------------------------------------------------------------
