@@ -59,6 +59,14 @@ SUITES = {
     "test_sslproto": [],  # start_tls and ssl= over netpoll transports (asyncio's SSLProtocol)
 }
 
+# Suites that make no transports: they run on the netpoll loop over stock asyncio for
+# its scheduling in C (reactor/sched.pyx: call_soon, timers, Tasks, _run_once)
+SCHED_SUITES = ["test_locks", "test_queues", "test_timeouts",
+                "test_taskgroups", "test_waitfor"]
+
+
+_LOOPS_MADE = [0]
+
 
 def _install(base: str = "asyncio") -> None:
     """Make every selector loop asyncio creates a netpoll loop."""
@@ -78,6 +86,18 @@ def _install(base: str = "asyncio") -> None:
             return uv_cls()  # type: ignore[no-any-return]
     else:
         cls = _netpoll_class(ue._UnixSelectorEventLoop)
+        if os.environ.get("NETPOLL_STDLIB_COUNT_LOOPS") == "1":
+            from netpoll._core import loop_run_once
+
+            assert cls._run_once is loop_run_once, "scheduling in C is not on the loop"
+            made = _LOOPS_MADE
+            init = cls.__init__
+
+            def counting_init(self: object, *args: object, **kw: object) -> None:
+                made[0] += 1
+                init(self, *args, **kw)
+
+            cls.__init__ = counting_init
     asyncio.SelectorEventLoop = cls  # type: ignore[misc]
     ue.SelectorEventLoop = cls
     ue._UnixDefaultEventLoopPolicy._loop_factory = cls
@@ -119,6 +139,7 @@ def main(argv: list[str]) -> int:
     NetpollTransport.__init__ = counting_init  # type: ignore[method-assign]
     res = unittest.main(module=module, argv=prog_args, exit=False)
     print(f"netpoll transports made: {made[0]}", file=sys.stderr)
+    print(f"netpoll loops made: {_LOOPS_MADE[0]}", file=sys.stderr)
     return 0 if res.result.wasSuccessful() else 1
 
 
@@ -149,6 +170,27 @@ def test_stdlib_suite(suite: str, base: str) -> None:
     assert "Ran 0 tests" not in proc.stderr, proc.stderr[-2000:]
     made = [ln for ln in proc.stderr.splitlines() if ln.startswith("netpoll transports made:")]
     assert made and int(made[-1].split(":")[1]) > 0, "the suite made no netpoll transport"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("suite", SCHED_SUITES)
+def test_stdlib_scheduling_suite(suite: str) -> None:
+    """CPython's own scheduling suites on the netpoll loop over stock asyncio."""
+    if not _have_test_package():
+        pytest.skip("this Python build has no test.test_asyncio package")
+    env = dict(os.environ, PYTHONDEVMODE="0", NETPOLL_STDLIB_BASE="asyncio",
+               NETPOLL_STDLIB_COUNT_LOOPS="1")
+    env.pop("NETPOLL_LOOP_SCHED", None)
+    proc = subprocess.run(
+        [sys.executable, str(HERE), suite],
+        capture_output=True, text=True, timeout=110, env=env,
+    )
+    tail = "\n".join(proc.stderr.splitlines()[-60:])
+    assert proc.returncode == 0, f"{suite} failed on the netpoll loop:\n{tail}"
+    assert "Ran 0 tests" not in proc.stderr, proc.stderr[-2000:]
+    made = [ln for ln in proc.stderr.splitlines() if ln.startswith("netpoll loops made:")]
+    assert made and int(made[-1].split(":")[1]) > 0, "the suite made no netpoll loop"
 
 
 if __name__ == "__main__":
