@@ -151,16 +151,14 @@ def _have_test_package() -> bool:
     return True
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("base", ["asyncio", "uvloop"])
-@pytest.mark.parametrize("suite", list(SUITES))
-def test_stdlib_suite(suite: str, base: str) -> None:
+def _run_suite(suite: str, counter: str, sched_on: bool = False, **env_extra: str) -> None:
+    """Run one CPython suite on the netpoll loop in a subprocess; it must pass, run
+    tests, and report (on stderr, as ``main`` prints it) a non-zero ``counter``."""
     if not _have_test_package():
         pytest.skip("this Python build has no test.test_asyncio package")
-    if base == "uvloop":
-        pytest.importorskip("uvloop")
-    env = dict(os.environ, PYTHONDEVMODE="0", NETPOLL_STDLIB_BASE=base)
+    env = dict(os.environ, PYTHONDEVMODE="0", **env_extra)
+    if sched_on:
+        env.pop("NETPOLL_LOOP_SCHED", None)
     proc = subprocess.run(
         [sys.executable, str(HERE), suite],
         capture_output=True, text=True, timeout=110, env=env,
@@ -168,8 +166,18 @@ def test_stdlib_suite(suite: str, base: str) -> None:
     tail = "\n".join(proc.stderr.splitlines()[-60:])
     assert proc.returncode == 0, f"{suite} failed on the netpoll loop:\n{tail}"
     assert "Ran 0 tests" not in proc.stderr, proc.stderr[-2000:]
-    made = [ln for ln in proc.stderr.splitlines() if ln.startswith("netpoll transports made:")]
-    assert made and int(made[-1].split(":")[1]) > 0, "the suite made no netpoll transport"
+    made = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"{counter}:")]
+    assert made and int(made[-1].split(":")[1]) > 0, f"the suite reported no {counter}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("base", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("suite", list(SUITES))
+def test_stdlib_suite(suite: str, base: str) -> None:
+    if base == "uvloop":
+        pytest.importorskip("uvloop")
+    _run_suite(suite, "netpoll transports made", NETPOLL_STDLIB_BASE=base)
 
 
 @pytest.mark.slow
@@ -177,20 +185,8 @@ def test_stdlib_suite(suite: str, base: str) -> None:
 @pytest.mark.parametrize("suite", SCHED_SUITES)
 def test_stdlib_scheduling_suite(suite: str) -> None:
     """CPython's own scheduling suites on the netpoll loop over stock asyncio."""
-    if not _have_test_package():
-        pytest.skip("this Python build has no test.test_asyncio package")
-    env = dict(os.environ, PYTHONDEVMODE="0", NETPOLL_STDLIB_BASE="asyncio",
+    _run_suite(suite, "netpoll loops made", sched_on=True, NETPOLL_STDLIB_BASE="asyncio",
                NETPOLL_STDLIB_COUNT_LOOPS="1")
-    env.pop("NETPOLL_LOOP_SCHED", None)
-    proc = subprocess.run(
-        [sys.executable, str(HERE), suite],
-        capture_output=True, text=True, timeout=110, env=env,
-    )
-    tail = "\n".join(proc.stderr.splitlines()[-60:])
-    assert proc.returncode == 0, f"{suite} failed on the netpoll loop:\n{tail}"
-    assert "Ran 0 tests" not in proc.stderr, proc.stderr[-2000:]
-    made = [ln for ln in proc.stderr.splitlines() if ln.startswith("netpoll loops made:")]
-    assert made and int(made[-1].split(":")[1]) > 0, "the suite made no netpoll loop"
 
 
 if __name__ == "__main__":
