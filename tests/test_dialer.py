@@ -528,14 +528,23 @@ def test_read_returns_empty_at_peer_close(run: Any) -> None:
 # -- fd churn (Go TestDialerFdAlloc, TestFDClose, TestDialerThenClose) -------------------
 
 
+async def warm_up(ln: netpoll.Listener, server: netpoll.EventLoop) -> None:
+    """Start a poller with one connection the server has set up and closed again. (On
+    io_uring the ring accepts in the kernel before the server sets the fd up, so
+    `connections == 0` alone may still hold an fd the server is about to take.)"""
+    warm = await netpoll.dial_connection("tcp", ln.addr, timeout=2)
+    await warm.write(b"w")
+    await wait_for(lambda: server.connections == 1 or not warm.is_active())
+    warm.close()
+    await wait_for(lambda: server.connections == 0)
+
+
 def test_dialer_fd_alloc(run: Any) -> None:
     """100 dials to a server that closes in on_request; wait for !is_active; fds are reused."""
 
     async def main() -> None:
         async with serving("tcp", "127.0.0.1:0", close_on_request) as (ln, server):
-            warm = await netpoll.dial_connection("tcp", ln.addr, timeout=2)   # starts a poller
-            warm.close()
-            await wait_for(lambda: server.connections == 0)
+            await warm_up(ln, server)
             before = open_fds()
             fds = set()
             for _ in range(100):
@@ -556,9 +565,7 @@ def test_fd_close(run: Any) -> None:
 
     async def main() -> None:
         async with serving("tcp", "127.0.0.1:0") as (ln, server):
-            warm = await netpoll.dial_connection("tcp", ln.addr, timeout=2)   # starts a poller
-            warm.close()
-            await wait_for(lambda: server.connections == 0)
+            await warm_up(ln, server)
             before = open_fds()
             conn = await netpoll.dial_connection("tcp", ln.addr, timeout=2)
             conn.close()

@@ -2,12 +2,14 @@
 *Accept*): a server on io_uring pollers accepts through one poller's ring with a
 multishot ACCEPT instead of the loop's add_reader.
 
-Covered: many concurrent connects served byte-exact; NETPOLL_URING_ACCEPT=0 (the
-add_reader path) against the ring path; shutdown, the listener closed by the
-application and a plain socket closed under the server cancel the ACCEPT (a
-new connect is refused, no fd is left, the ring's requests go back to zero);
-connections the kernel accepted just before the cancel (served while the server
-runs, closed when it shuts down, closed when the loop goes away); EMFILE backoff
+Covered: many concurrent connects served byte-exact; the ring path is the
+default and NETPOLL_URING_ACCEPT=0 keeps the add_reader path; shutdown, the
+listener closed by the application and a plain socket closed under the server
+cancel the ACCEPT (a new connect is refused, no fd is left, the ring's requests
+go back to zero); connections the kernel accepted just before the cancel (served
+while the server runs; on shutdown answered if their request is in and then
+closed, closed unserved only after the force phase; closed when the loop goes
+away); the hand-over pause of run_workers; EMFILE backoff
 and recovery (a subprocess with a low RLIMIT_NOFILE); configure(backend=...)
 while a server runs; the fallback when the kernel refuses multishot accept.
 Skipped, saying why, where io_uring cannot be set up.
@@ -40,7 +42,7 @@ needs_uring = pytest.mark.skipif(bool(WHY), reason=f"io_uring unavailable here: 
 
 @pytest.fixture
 def uring(uring: None, monkeypatch: Any) -> Iterator[None]:
-    # conftest's, with the ring accept on (opt-in: uring.pyx says why)
+    # conftest's, with the ring accept on (the default, whatever the environment says)
     monkeypatch.setenv("NETPOLL_URING_ACCEPT", "1")
     yield
     _core._uring_accept_debug(refuse=False, reset=True)
@@ -154,7 +156,7 @@ def test_ring_accepted_connections_spread_over_pollers(run: Any, uring: None) ->
 @pytest.mark.parametrize("knob", ["1", "0", None])
 def test_knob_selects_the_accept_path(run: Any, uring: None, monkeypatch: Any,
                                       knob: str | None) -> None:
-    """NETPOLL_URING_ACCEPT=1 accepts through the ring; 0 or unset (the default) keeps
+    """Unset (the default) or NETPOLL_URING_ACCEPT=1 accepts through the ring; 0 keeps
     the loop's add_reader; both serve the same."""
     if knob is None:
         monkeypatch.delenv("NETPOLL_URING_ACCEPT", raising=False)
@@ -166,7 +168,7 @@ def test_knob_selects_the_accept_path(run: Any, uring: None, monkeypatch: Any,
         el, ln, task = await start(plain_echo)
         await asyncio.gather(*(echo_check(ln.addr, b"%d" % i * 100) for i in range(50)))
         after = acc()
-        if knob != "1":
+        if knob == "0":
             assert after["armed"] == before["armed"]
             assert after["accepted"] == before["accepted"]
         else:
@@ -310,25 +312,156 @@ def test_accepted_before_the_cancel_are_served_while_running(run: Any, uring: No
     run(main(), timeout=30)
 
 
+SETUPS = ["none", "defer_taskrun,submit_all"]
+
+
+async def read_to_eof(c: socket.socket) -> tuple[bytes, bool]:
+    """Everything c receives until EOF: (bytes, reset?)."""
+    loop = asyncio.get_running_loop()
+    c.setblocking(False)
+    got = b""
+    try:
+        while part := await asyncio.wait_for(loop.sock_recv(c, 65536), 5):
+            got += part
+    except ConnectionResetError:
+        return got, True
+    return got, False
+
+
 @needs_uring
-def test_accepted_before_the_cancel_are_closed_on_shutdown(run: Any, uring: None) -> None:
-    """... and closed (never leaked) when the cancel comes from shutdown()."""
+@pytest.mark.parametrize("spec", SETUPS)
+def test_shutdown_answers_what_the_ring_accepted(run: Any, uring: None, monkeypatch: Any,
+                                                 spec: str) -> None:
+    """Clients connect and send their request while the loop does not run, then
+    shutdown() comes: the connections the ring accepted before its ACCEPT was
+    cancelled are set up, answered and then closed (EOF), never closed unanswered.
+    (A DEFER_TASKRUN ring accepts only inside our io_uring_enter: there the
+    connections may still be in the backlog when the listener closes, and are reset
+    with nothing sent, as on the add_reader path.) Idle clients are closed, no fd is
+    left and shutdown does not wait for its timeout."""
+    monkeypatch.setenv("NETPOLL_URING_SETUP", spec)
 
     async def main() -> None:
         await warm_up()
+        deferred = deferred_rings()
         socks = fd_count()
         el, ln, task = await start(plain_echo)
-        clients = [socket.create_connection(ln.addr, timeout=5) for _ in range(5)]
-        await stop(el, task)
-        loop = asyncio.get_running_loop()
-        for c in clients:
-            c.setblocking(False)
-            with contextlib.suppress(ConnectionResetError):
-                assert await asyncio.wait_for(loop.sock_recv(c, 10), 5) == b""
+        await echo_check(ln.addr, b"armed")
+        before = acc()["accepted"]
+        clients = []
+        for i in range(20):       # no await: no pass reads the ring meanwhile
+            c = socket.create_connection(ln.addr, timeout=5)
+            c.sendall(b"req%02d" % i)
+            clients.append(c)
+        idle = [socket.create_connection(ln.addr, timeout=5) for _ in range(3)]
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.wait_for(el.shutdown(5), 10)
+        assert asyncio.get_running_loop().time() - t0 < 2.5     # drained, not timed out
+        await asyncio.wait_for(task, 5)
+        answered = 0
+        for i, c in enumerate(clients):
+            got, reset = await read_to_eof(c)
+            if got:
+                assert got == b"req%02d" % i and not reset
+                answered += 1
+            else:
+                assert deferred and reset, f"client {i} closed unanswered"
+            c.close()
+        if not deferred:
+            assert answered == 20
+            assert acc()["accepted"] - before == 23
+        for c in idle:
+            got, _ = await read_to_eof(c)
+            assert got == b""
             c.close()
         await wait_for(ring_idle)
         assert refused(ln.addr)
         await wait_for(lambda: fd_count() == socks)
+
+    run(main(), timeout=30)
+
+
+@needs_uring
+@pytest.mark.parametrize("spec", SETUPS)
+def test_shutdown_force_phase_closes_late_connections(run: Any, uring: None, monkeypatch: Any,
+                                                      spec: str) -> None:
+    """shutdown(0) with late connections whose handler never finishes: TimeoutError,
+    every connection closed, no fd left, the ring's table empty."""
+    monkeypatch.setenv("NETPOLL_URING_SETUP", spec)
+
+    async def stuck(ctx: Any, conn: Connection) -> None:
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        await warm_up()
+        socks = fd_count()
+        el, ln, task = await start(stuck)
+        r, w = await asyncio.open_connection(*ln.addr)
+        w.write(b"x")
+        await wait_for(lambda: el.connections == 1)
+        clients = []
+        for _ in range(5):
+            c = socket.create_connection(ln.addr, timeout=5)
+            c.sendall(b"y")
+            clients.append(c)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(el.shutdown(0), 10)
+        await asyncio.wait_for(task, 5)
+        assert el.connections == 0
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        w.close()
+        for c in clients:
+            got, _ = await read_to_eof(c)
+            assert got == b""
+            c.close()
+        await wait_for(ring_idle)
+        await wait_for(lambda: fd_count() == socks)
+
+    run(main(), timeout=30)
+
+
+@needs_uring
+def test_pause_accepting_leaves_new_connections_in_the_queue(run: Any, uring: None) -> None:
+    """run_workers' hand-over: _pause_accepting() cancels the ring's ACCEPT; what was
+    accepted is still served, and a new connection stays in the listen queue (here
+    taken by a plain accept(), as the successor sharing the socket would)."""
+
+    async def main() -> None:
+        raw = socket.socket()
+        raw.bind(("127.0.0.1", 0))
+        raw.listen(128)
+        addr = raw.getsockname()
+        el = netpoll.EventLoop(plain_echo)
+        task = asyncio.ensure_future(el.serve(raw))
+        await asyncio.sleep(0)
+        try:
+            r, w = await asyncio.open_connection(*addr)
+            w.write(b"one")
+            assert await asyncio.wait_for(r.readexactly(3), 5) == b"one"
+            el._pause_accepting()
+            assert acc()["live"] == 0 or deferred_rings()
+            await wait_for(lambda: acc()["live"] == 0)
+            accepted = acc()["accepted"]
+            late = socket.create_connection(addr, timeout=5)
+            late.sendall(b"queued")
+            await asyncio.sleep(0.2)             # passes run: nobody accepts it
+            assert acc()["accepted"] == accepted
+            w.write(b"two")                      # the old connection is still served
+            assert await asyncio.wait_for(r.readexactly(3), 5) == b"two"
+            raw.setblocking(True)
+            raw.settimeout(5)
+            succ, _ = raw.accept()               # the successor's view of the queue
+            assert succ.recv(16) == b"queued"
+            succ.close()
+            late.close()
+            w.close()
+            el._pause_accepting()                # twice: a no-op
+            await asyncio.wait_for(el.shutdown(2), 5)
+            await asyncio.wait_for(task, 5)
+            el._pause_accepting()                # after shutdown: a no-op
+        finally:
+            raw.close()
+        await wait_for(ring_idle)
 
     run(main(), timeout=30)
 

@@ -566,6 +566,9 @@ cdef class EventLoop:
     cdef unsigned long long aid  # its ACCEPT request's id (0: none armed; a cancelled one
                                  # may still post CQEs until its final one)
     cdef bint aseen              # that ring has handed this server a connection
+    cdef bint hard_closed        # shutdown's force phase began: late fds are closed
+    cdef bint accept_paused      # _pause_accepting (run_workers' hand-over): no re-arm
+    cdef list late               # connections set up while shutting down, to drain
 
     cdef int stop_accepting(self) except -1
     cdef bint listener_closed(self) noexcept
@@ -578,6 +581,9 @@ cdef class EventLoop:
     cdef int take_fd(self, int fd) except -1
     # An accepted fd: set up its connection (both accept paths), errors logged.
     cdef int uring_accepted(self, int res, bint more, unsigned long long aid) except -1
+    cdef int uring_accepted_cqe(self, int res, bint more, unsigned long long aid) except -1
+    cdef int check_drained(self) except -1
+    # Shutting down, no connection left and no ACCEPT of ours still to report: drained.
     # One ACCEPT CQE, after the walk (reactor/uring.pyx queues them on the poller).
     cdef int new_connection(self, int fd) except -1
     cdef int forget(self, Connection c) except -1

@@ -284,6 +284,8 @@ class _WorkerRun:
         # listener resets whatever is still in its accept queue.
         assert self.loop is not None
         if handover and self.listener is not None and self.listener.fileno() >= 0:
+            for ev in _event_loops():
+                ev._pause_accepting()     # either accept path (io_uring: the ring's ACCEPT)
             self.loop.remove_reader(self.listener.fileno())
         if self.drain_delay > 0:
             await asyncio.sleep(min(self.drain_delay, max(0.0, deadline - time.monotonic())))

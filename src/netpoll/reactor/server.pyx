@@ -13,9 +13,13 @@
 # - EMFILE/ENFILE/ENOBUFS/ENOMEM stop accepting with backoff (Go Netpoll
 #   #230/#311), logged at most once a minute; the retry re-arms either path.
 # - shutdown(timeout): stop accepting; take in what the kernel already
-#   received; every connection begins draining (closes once idle, with its
-#   output sent); after `timeout` the rest are force-closed and TimeoutError
-#   is raised. serve() returns None when shutdown is over. A server serves
+#   received (on io_uring: connections the ring accepted before its ACCEPT was
+#   cancelled too - they are set up and drained like the others, and drained
+#   waits for the ACCEPT's final CQE); every connection begins draining (closes
+#   once idle, with its output sent); after `timeout` the rest are force-closed
+#   (hard_closed: a late fd is closed unserved) and TimeoutError is raised.
+# - _pause_accepting (run_workers' hand-over): stop taking connections, keep
+#   the listener open and serve what was taken. serve() returns None when shutdown is over. A server serves
 #   once: serve() after shutdown() raises RuntimeError.
 
 cdef class EventLoop:
@@ -173,6 +177,14 @@ cdef class EventLoop:
 
     cdef int uring_accepted(self, int res, bint more, unsigned long long aid) except -1:
         # One ACCEPT CQE (reactor/uring.pyx), run from the poller's queues.
+        try:
+            self.uring_accepted_cqe(res, more, aid)
+        finally:
+            if not more and self.shutting_down:
+                self.check_drained()      # the last CQE shutdown may be waiting for
+        return 0
+
+    cdef int uring_accepted_cqe(self, int res, bint more, unsigned long long aid) except -1:
         global _accept_refused
         cdef bint current = aid == self.aid
         cdef int err = -res
@@ -266,14 +278,14 @@ cdef class EventLoop:
 
     def _resume_accept(self):
         self.backoff_handle = None
-        if self.shutting_down or self.accepting or self.listener_closed():
+        if self.shutting_down or self.accept_paused or self.accepting or self.listener_closed():
             return
         self.start_accepting()
 
     cdef int new_connection(self, int fd) except -1:
         cdef Connection c
-        if self.shutting_down:
-            close(fd)
+        if self.hard_closed or (self.shutting_down and self.drained is None):
+            close(fd)         # after the force phase, or shut down before serve()
             return 0
         c = make_connection(fd, self.loop, self.network, self)
         c.on_request = self.on_request
@@ -298,6 +310,14 @@ cdef class EventLoop:
                 return 0      # on_prepare closed it: never registered
         c.uring_norecv = self.ssl_ctx is not None     # TLS reads the socket itself
         c.poller.add(c)
+        if self.shutting_down:
+            # the ring accepted it before its ACCEPT was cancelled: answer what it
+            # sent, then close it once idle (at the next loop step: this may run
+            # inside run_pending, which must not be re-entered)
+            if self.late is None:
+                self.late = []
+                self.loop.call_soon(self._drain_late)
+            self.late.append(c)
         if self.ssl_ctx is not None:
             # on_connect / CS_CONNECTED come when the handshake is over (tls.pyx)
             try:
@@ -313,12 +333,44 @@ cdef class EventLoop:
             c.connected(c.ctx)
         return 0
 
-    cdef int forget(self, Connection c) except -1:
-        self.conns.discard(c)
+    def _drain_late(self):
+        cdef Connection c
+        late, self.late = self.late, None
+        if not late:
+            return
+        for c in late:
+            if c.closed_by == OPEN and not c.peer_eof and not c.paused and c.registered:
+                c.do_read(EPOLLIN, True)
+        run_all_pending(self.loop)
+        for c in late:
+            if not c.draining:
+                c.begin_drain()
+        self.check_drained()
+
+    cdef int check_drained(self) except -1:
         if self.shutting_down and not self.conns and self.drained is not None \
-                and not self.drained.done():
+                and not self.drained.done() and not self.late \
+                and not uring_accept_pending(self):
             self.drained.set_result(None)
         return 0
+
+    cdef int forget(self, Connection c) except -1:
+        self.conns.discard(c)
+        if self.shutting_down and not self.conns:
+            self.check_drained()
+        return 0
+
+    def _pause_accepting(self):
+        """Stop taking connections; the listener stays open and what was taken is
+        served (run_workers' hand-over: what the kernel queues meanwhile stays in
+        the shared socket's queue for the successor). Private; shutdown() ends it."""
+        if self.shutting_down or self.loop is None:
+            return
+        self.accept_paused = True
+        self.stop_accepting()
+        if self.backoff_handle is not None:
+            self.backoff_handle.cancel()
+            self.backoff_handle = None
 
     async def shutdown(self, timeout=None):
         """Stop accepting, close idle connections, let running handlers finish.
@@ -346,6 +398,10 @@ cdef class EventLoop:
                 pass
         if self.drained is None:
             self.drained = self.loop.create_future()
+        # Connections the ring accepted before the cancel: set up now (late).
+        uring_take_all(self.loop)
+        run_all_pending(self.loop)
+        self.late = None           # (set up above: drained below with the others)
         # Take in what the kernel already received, so those requests are answered.
         for c in list(self.conns):
             if c.closed_by == OPEN and not c.peer_eof and not c.paused and c.registered:
@@ -353,14 +409,14 @@ cdef class EventLoop:
         run_all_pending(self.loop)
         for c in list(self.conns):
             c.begin_drain()
-        if not self.conns and not self.drained.done():
-            self.drained.set_result(None)
+        self.check_drained()
         try:
             if timeout is None:
                 await asyncio.shield(self.drained)
             else:
                 await asyncio.wait_for(asyncio.shield(self.drained), timeout)
         except (asyncio.TimeoutError, TimeoutError):
+            self.hard_closed = True
             left = len(self.conns)
             for c in list(self.conns):
                 c.force_close()

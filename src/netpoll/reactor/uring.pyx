@@ -1235,7 +1235,12 @@ cdef Py_ssize_t _leak_nodes(LinkBuffer b) noexcept:
 #     accepts to a poller of the new set and stays open until their final CQEs.
 #   * EINVAL on the first CQE (a kernel without multishot accept): the server,
 #     and every later one in the process, uses the loop's add_reader instead.
-#     Opt-in: NETPOLL_URING_ACCEPT=1 (uring_accept_wanted says why).
+#     On by default; NETPOLL_URING_ACCEPT=0 turns it off (uring_accept_wanted).
+#   * Shutdown: stop_accepting cancels, then shutdown() reaps the rings at once;
+#     fds the kernel accepted before the cancel are set up and drained like the
+#     other connections (answered if their request is in), and shutdown's
+#     drained waits for the ACCEPT's final CQE (uring_accept_pending). Only
+#     after the timeout's force phase (hard_closed) is a late fd closed unserved.
 
 cdef bint _accept_refused = False      # the kernel refused multishot accept (EINVAL)
 cdef unsigned short _accept_extra = 0  # tests: unknown accept flags (-> EINVAL)
@@ -1269,13 +1274,48 @@ cdef Py_ssize_t _live_accepts():
 
 
 cdef bint uring_accept_wanted() noexcept:
-    # Opt-in (NETPOLL_URING_ACCEPT=1): a multishot ACCEPT takes connections off the
-    # listen queue as soon as the kernel completes them, before this process has
-    # read a byte. When a server shuts down, those it has taken but not served are
-    # lost - where the listener is shared (run_workers' graceful restarts), the
-    # old path would have left them in the queue for the next worker. A CI run of
-    # tests/test_workers.py saw 2-25 of ~20k requests reset that way.
-    return not _accept_refused and os.environ.get("NETPOLL_URING_ACCEPT", "0") == "1"
+    # On by default; NETPOLL_URING_ACCEPT=0 keeps the loop's add_reader. A multishot
+    # ACCEPT takes connections off the listen queue before this process has read a
+    # byte, so a server that stops must still serve what its ring took: shutdown()
+    # sets them up and drains them (server.pyx, new_connection), and run_workers'
+    # hand-over stops the ring first (EventLoop._pause_accepting) so that what the
+    # kernel queues meanwhile stays for the successor sharing the socket.
+    return not _accept_refused and os.environ.get("NETPOLL_URING_ACCEPT", "1") != "0"
+
+
+cdef bint uring_accept_pending(EventLoop server):
+    """server has an ACCEPT in a ring's table or a CQE queued for it: a connection
+    may still come (shutdown waits for it; its final CQE clears this)."""
+    cdef unsigned int i
+    cdef unsigned long long ud
+    cdef Poller p
+    ps = _pollers.get(server.loop)
+    if ps is None:
+        return False
+    for q in (<_PollerSet>ps).pollers:
+        p = <Poller>q
+        if not p.uring:
+            continue
+        for item in p.accepted:
+            if item[0] is server:
+                return True
+        if not p.ring.naccept or p.ring.r.fd < 0:
+            continue
+        for i in range(p.ring.nslots):
+            ud = p.ring.req_ids[i]
+            if ud and ud & ID_KIND == ID_ACCEPT and p.ring.reqs[i] is server:
+                return True
+    return False
+
+
+cdef int uring_take_all(object loop) except -1:
+    """shutdown: reap every io_uring poller of loop (accept CQEs included)."""
+    ps = _pollers.get(loop)
+    if ps is not None:
+        for q in list((<_PollerSet>ps).pollers):
+            if (<Poller>q).uring:
+                uring_take_input(<Poller>q)
+    return 0
 
 
 cdef int uring_accept_arm(Poller p, EventLoop server) except -1:
