@@ -18,6 +18,8 @@ cdef extern from "<errno.h>" nogil:
         EPIPE
         ECONNRESET
         EBADF
+        ECANCELED
+        EOPNOTSUPP
 
 
 cdef extern from "<sys/epoll.h>" nogil:

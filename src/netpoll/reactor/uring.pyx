@@ -755,7 +755,8 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
     if cq.user_data & ID_KIND == ID_SEND:
         if cq.flags & IORING_CQE_F_MORE:
             return _uring_zc_sent(p, c, cq)    # a SEND_ZC's result: its notification follows
-        if res == -_errno.EOPNOTSUPP and p.ring.zc_min and not _zc_refused:
+        if res == -EOPNOTSUPP and p.ring.zc_min and not _zc_refused:
+            # (C constants: errno's module attributes cost ~100 instructions per CQE)
             return _uring_zc_refused(p, c)
         return _uring_sent(p, c, res)
     if cq.user_data & ID_KIND == ID_RECV:
@@ -766,15 +767,15 @@ cdef int _uring_complete(Poller p, Connection c, np_cqe* cq) except -1:
             pass
         elif res == 0:
             c.mark_eof(None)
-        elif res < 0 and res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
+        elif res < 0 and res != -ENOBUFS and res != -ECANCELED:
             c.mark_eof(sockerror(-res))
-        elif res == -_errno.ENOBUFS:
+        elif res == -ENOBUFS:
             # the ring ran dry: this CQE ended the RECV; the walk gives the
             # buffers of this batch back, then uring_sync re-arms it
             uring_enobufs += 1
         return 0
     if res < 0:
-        if res == -_errno.ECANCELED:
+        if res == -ECANCELED:
             return 0
         ev = EPOLLERR
     else:
@@ -968,7 +969,7 @@ cdef int _uring_sent(Poller p, Connection c, int res, bint taken=False) except -
         c.outbuf.consume(res)
     if c.closed_by:
         return 0
-    if res < 0 and res != -_errno.EAGAIN:
+    if res < 0 and res != -EAGAIN:
         if c.writing:
             c.on_writable()       # send(2) reports the error to the flush waiting
         else:
@@ -1107,7 +1108,7 @@ cdef int _uring_zc_sent(Poller p, Connection c, np_cqe* cq) except -1:
     # stay alive, held by the request, until it; the rest of the output is c's.
     cdef int res = cq.res
     cdef _ZcSend z
-    if res == -_errno.EOPNOTSUPP and not _zc_refused:
+    if res == -EOPNOTSUPP and not _zc_refused:
         return _uring_zc_refused(p, c)
     owner = p.ring.req_get(cq.user_data)
     if res > 0 and not c.finished and type(owner) is _ZcSend:
