@@ -569,6 +569,7 @@ cdef class EventLoop:
     cdef bint hard_closed        # shutdown's force phase began: late fds are closed
     cdef bint accept_paused      # _pause_accepting (run_workers' hand-over): no re-arm
     cdef list late               # connections set up while shutting down, to drain
+    cdef bint accept_grace_over  # shutdown stops waiting for the ACCEPT's final CQE
 
     cdef int stop_accepting(self) except -1
     cdef bint listener_closed(self) noexcept

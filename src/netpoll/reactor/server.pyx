@@ -350,7 +350,7 @@ cdef class EventLoop:
     cdef int check_drained(self) except -1:
         if self.shutting_down and not self.conns and self.drained is not None \
                 and not self.drained.done() and not self.late \
-                and not uring_accept_pending(self):
+                and (self.accept_grace_over or not uring_accept_pending(self)):
             self.drained.set_result(None)
         return 0
 
@@ -359,6 +359,10 @@ cdef class EventLoop:
         if self.shutting_down and not self.conns:
             self.check_drained()
         return 0
+
+    def _accept_grace(self):
+        self.accept_grace_over = True
+        self.check_drained()
 
     def _pause_accepting(self):
         """Stop taking connections; the listener stays open and what was taken is
@@ -410,6 +414,10 @@ cdef class EventLoop:
         for c in list(self.conns):
             c.begin_drain()
         self.check_drained()
+        if not self.drained.done() and uring_accept_pending(self):
+            # the ACCEPT's final CQE is due at once (the cancel was submitted and,
+            # on a DEFER_TASKRUN ring, reaped): never let a lost one hold shutdown
+            self.loop.call_later(1.0, self._accept_grace)
         try:
             if timeout is None:
                 await asyncio.shield(self.drained)
