@@ -178,4 +178,17 @@ np_type_tag(PyObject *t)
     return ((PyTypeObject *)t)->tp_version_tag;
 }
 
+/* Is the caller's reference the only one to o, with no weak reference to it?
+ * (Then nothing else can see o: sched.pyx may clear and reuse a Handle.) */
+static inline int
+np_sole_ref(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    if (Py_REFCNT(o) != 1)
+        return 0;
+    if (t->tp_weaklistoffset > 0 && *(PyObject **)((char *)o + t->tp_weaklistoffset) != NULL)
+        return 0;
+    return 1;
+}
+
 #endif

@@ -31,6 +31,7 @@ cdef extern from "np_sched.h":
     int np_iattr_set_int(object o, int idx, object name, object v) except -1
     bint np_type_fresh(object t, PyObject* ct, unsigned int tag)
     unsigned int np_type_tag(object t)
+    bint np_sole_ref(object o)
 
 cdef extern from "Python.h":
     # the singletons themselves (a C cast of True/False would be 1/0, not these)
@@ -256,11 +257,49 @@ TimerHandle.cancel = _timer_cancel
 
 # -- handles -----------------------------------------------------------------------------
 
+# Handles whose run is over and that nobody else holds are kept for reuse
+# (_recycle), as CPython keeps freed floats and tuples: a call_soon then costs
+# no allocation and no deallocation. A kept handle's slots are cleared when it
+# is kept (its callback, arguments and context go at the moment the handle
+# would have been freed) and filled again by _new_handle as __init__ fills them.
+cdef enum:
+    _FREE_MAX = 256
+cdef list _free_handles = []
+cdef list _free_timers = []
+
+
+cdef int _recycle(object h) except -1:
+    # h: the run_once's own reference (borrowed here), maybe the last one
+    cdef list free
+    if type(h) is _Handle:
+        free = _free_handles
+    elif type(h) is _NPTimerHandle:
+        free = _free_timers
+    else:
+        return 0
+    if len(free) >= _FREE_MAX or not np_sole_ref(h):
+        return 0
+    np_slot_set(h, OFF_CALLBACK, None)
+    np_slot_set(h, OFF_ARGS, None)
+    np_slot_set(h, OFF_CONTEXT, None)
+    np_slot_set(h, OFF_LOOP, None)
+    np_slot_set(h, OFF_REPR, None)
+    np_slot_set(h, OFF_TB, None)
+    if np_sole_ref(h):          # (clearing ran code: did it take a reference?)
+        free.append(h)
+    return 0
+
+
 cdef object _new_handle(type cls, object callback, object args, object loop, object context):
     # events.Handle.__init__ (and TimerHandle's first part) outside debug mode
     if context is None:
         context = PyContext_CopyCurrent()
-    h = np_alloc(cls)
+    if cls is _Handle and _free_handles:
+        h = _free_handles.pop()
+    elif cls is _NPTimerHandle and _free_timers:
+        h = _free_timers.pop()
+    else:
+        h = np_alloc(cls)
     np_slot_set(h, OFF_CONTEXT, context)
     np_slot_set(h, OFF_LOOP, loop)
     np_slot_set(h, OFF_CALLBACK, callback)
@@ -645,6 +684,7 @@ def loop_run_once(self):
                 self._timer_cancelled_count = n
             h = _heappop(scheduled)
             _set_scheduled(h, False)
+            _recycle(h)
 
     # the timers that are due (taken before anything runs, as asyncio takes them
     # before it runs the iteration: a call_later(0) made below runs next time)
@@ -677,9 +717,9 @@ def loop_run_once(self):
         while i < ntodo:
             h = popleft()
             i += 1
-            if _cancelled(h):
-                continue
-            _run_handle(self, h)
+            if not _cancelled(h):
+                _run_handle(self, h)
+            _recycle(h)
     except BaseException:
         if due is not None:
             _requeue(ready, ntodo - i, due, 0)
@@ -741,10 +781,11 @@ def loop_run_once(self):
     try:
         while i < ntodo:
             h = io[i]
+            io[i] = None
             i += 1
-            if _cancelled(h):
-                continue
-            _run_handle(self, h)
+            if not _cancelled(h):
+                _run_handle(self, h)
+            _recycle(h)
     except BaseException:
         _requeue(ready, 0, io, i)
         raise
