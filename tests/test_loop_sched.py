@@ -651,3 +651,38 @@ def test_spent_handles_reused_only_when_unreachable() -> None:
         loop.run_forever()
     finally:
         loop.close()
+
+
+def test_loop_factory_makes_the_netpoll_class_directly_or_swaps() -> None:
+    # Under the default policy the loop is made as an instance of the netpoll
+    # class (CPython specialises method calls on it); under any other policy
+    # the policy's loop is made and its class swapped, as before.
+    from netpoll.transports import is_netpoll_loop
+
+    loop = netpoll.loop_factory()()
+    try:
+        policy: Any = asyncio.get_event_loop_policy()
+        assert type(loop) is _netpoll_class(policy._loop_factory)
+        assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        loop.close()
+
+    made: list[asyncio.AbstractEventLoop] = []
+    base: Any = type(asyncio.get_event_loop_policy())
+
+    class Policy(base):  # type: ignore[misc]
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            made.append(super().new_event_loop())
+            return made[-1]
+
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(Policy())
+    try:
+        loop = netpoll.loop_factory()()
+        try:
+            assert made == [loop] and is_netpoll_loop(loop)
+            assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+        finally:
+            loop.close()
+    finally:
+        asyncio.set_event_loop_policy(old)
