@@ -527,8 +527,10 @@ def test_readers_writers_and_removed_readers(make: Callable[[], asyncio.Abstract
 def test_no_handle_or_timer_is_leaked() -> None:
     loop = fast()
     try:
+        # (as many as below: the C run_once keeps up to a few hundred spent
+        # handles for reuse, so the warm-up fills that store first)
         for _ in range(3):
-            for _i in range(200):
+            for _i in range(500):
                 loop.call_soon(lambda: None)
                 loop.call_later(0, lambda: None)
                 loop.call_later(10, lambda: None).cancel()
@@ -611,3 +613,76 @@ def test_io_is_polled_after_the_callbacks_that_were_ready() -> None:
             loop.close()
     assert order["stock"] == ["A", "B", "R"]
     assert order["netpoll"] == ["A", "R", "B"]
+
+
+def test_spent_handles_reused_only_when_unreachable() -> None:
+    # run_once reuses a spent Handle only if nothing else holds it: a handle the
+    # caller kept (or a weak reference to it) sees asyncio's state after the
+    # run, and a reused handle's callback and arguments go when it is spent.
+    import weakref
+
+    class Arg:
+        pass
+
+    loop = fast()
+    try:
+        def f(*args: Any) -> None:
+            pass
+
+        kept = loop.call_soon(f, 1)
+        watched = weakref.ref(loop.call_soon(f, 2))
+        arg = Arg()
+        arg_ref = weakref.ref(arg)
+        loop.call_soon(f, arg)
+        del arg
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert kept._callback is f and kept._args == (1,) and not kept.cancelled()
+        assert watched() is None                  # freed as usual, not kept for reuse
+        assert arg_ref() is None                  # the spent handle let go of its arguments
+        fresh = [loop.call_soon(f, i) for i in range(3)]
+        for i, h in enumerate(fresh):
+            assert type(h) is asyncio.Handle and h._args == (i,) and h._loop is loop
+            assert not h.cancelled() and h._repr is None
+        timer = loop.call_later(10, f, 3)
+        assert timer._scheduled and not timer.cancelled() and timer._args == (3,)
+        timer.cancel()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+def test_loop_factory_makes_the_netpoll_class_directly_or_swaps() -> None:
+    # Under the default policy the loop is made as an instance of the netpoll
+    # class (CPython specialises method calls on it); under any other policy
+    # the policy's loop is made and its class swapped, as before.
+    from netpoll.transports import is_netpoll_loop
+
+    loop = netpoll.loop_factory()()
+    try:
+        policy: Any = asyncio.get_event_loop_policy()
+        assert type(loop) is _netpoll_class(policy._loop_factory)
+        assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        loop.close()
+
+    made: list[asyncio.AbstractEventLoop] = []
+    base: Any = type(asyncio.get_event_loop_policy())
+
+    class Policy(base):  # type: ignore[misc]
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            made.append(super().new_event_loop())
+            return made[-1]
+
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(Policy())
+    try:
+        loop = netpoll.loop_factory()()
+        try:
+            assert made == [loop] and is_netpoll_loop(loop)
+            assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+        finally:
+            loop.close()
+    finally:
+        asyncio.set_event_loop_policy(old)

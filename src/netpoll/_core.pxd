@@ -524,6 +524,12 @@ cdef class TransportCore:
     # Run deliver() after the pass (or soon, outside it).
     cdef int fail_write(self, int err) except -1
     cdef int send_now(self, object data) except -1
+    cdef int c_write(self, object data) except -1
+    cdef int c_writelines(self, object list_of_data) except -1
+    cdef int c_pause_reading(self) except -1
+    cdef int c_resume_reading(self) except -1
+    # write/writelines/pause_reading/resume_reading (the def methods and the
+    # transport's own, transport.pyx's _transport_* functions, call these)
     cdef int maybe_pause(self) except -1
     cdef int maybe_resume(self) except -1
     cdef int flow_error(self, str name, object exc) except -1

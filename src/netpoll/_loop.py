@@ -13,6 +13,7 @@ loop's own.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -39,6 +40,9 @@ def loop_factory(
         raise TypeError(f"loop_factory: base must be callable, not {type(make).__name__}")
 
     def new_event_loop() -> asyncio.AbstractEventLoop:
+        cls = _direct_class(make)
+        if cls is not None:
+            return cls()  # type: ignore[no-any-return]
         loop = make()
         try:
             loop.__class__ = _netpoll_class(type(loop))
@@ -52,6 +56,31 @@ def loop_factory(
 
     new_event_loop.__qualname__ = new_event_loop.__name__ = "netpoll_new_event_loop"
     return new_event_loop
+
+
+_stock_new_event_loop = asyncio.new_event_loop
+
+
+def _direct_class(make: Callable[[], asyncio.AbstractEventLoop]) -> type | None:
+    """The netpoll class to instantiate instead of calling ``make``, or None.
+
+    ``asyncio.new_event_loop()`` under the default policy is
+    ``policy._loop_factory()``, a class: an instance of its netpoll subclass,
+    made by that same constructor, is the loop ``make()`` plus the class swap.
+    Made directly, its attributes are laid out for its own class, so CPython
+    specialises the frameworks' ``loop.method()`` calls on it (on an instance
+    whose class was swapped after it was made, those calls stay generic).
+    """
+    if make is not _stock_new_event_loop or sys.version_info >= (3, 14):  # (3.14: policies deprecated)
+        return None
+    policy = asyncio.get_event_loop_policy()
+    base_policy = getattr(asyncio.events, "BaseDefaultEventLoopPolicy", None)
+    if base_policy is None or type(policy).new_event_loop is not base_policy.new_event_loop:
+        return None
+    factory = getattr(policy, "_loop_factory", None)
+    if not isinstance(factory, type):
+        return None
+    return _netpoll_class(factory)
 
 
 def run(

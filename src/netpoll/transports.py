@@ -32,8 +32,9 @@ the work is the core's (``TransportCore``, ``reactor/transport.pyx``)::
   ``recv``/``send`` gives ``connection_lost`` its ``OSError``
   (``conn.close_error``: ``ConnectionResetError``, ``BrokenPipeError``...).
 * Python here: the transport object itself (extra info, the ``Server``, the
-  socket object, ``connection_lost``). The methods called per request are the
-  core's bound methods set on the instance, so they cost no Python frame.
+  socket object, ``connection_lost``). The methods called per request
+  (``write``, ``is_closing``...) are C functions on the class that read the
+  core from a slot of the instance, so they cost no Python frame.
 
 Loops
 -----
@@ -71,6 +72,7 @@ from netpoll._core import (
     StreamCore,
     TransportCore,
     _sched_methods,
+    _transport_methods,
     new_stream_core,
     new_transport_core,
 )
@@ -110,7 +112,19 @@ _SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).pa
 _DEFAULT_LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
 
 
-class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[misc]
+class _CoreSlot(_FlowControlMixin, asyncio.Transport):  # type: ignore[misc]
+    """NetpollTransport's base: the slot where the transport keeps its core.
+
+    A slot has a fixed offset, so the core's C functions that are the
+    transport's per-request methods find the core without a dict lookup; the
+    subclass keeps an ordinary instance dict (CPython's shared-key, inline
+    values), so calls of those methods stay specialised.
+    """
+
+    __slots__ = ("_npc",)
+
+
+class NetpollTransport(_CoreSlot):
     """An asyncio stream transport whose I/O and protocol calls are netpoll's core.
 
     Behaves as asyncio's ``_SelectorSocketTransport`` (the same callbacks in
@@ -119,8 +133,9 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
     keeps what asyncio's transport does in Python (extra info, the ``Server``,
     the socket object, ``connection_lost``). The methods called per request
     (``write``, ``writelines``, ``get_write_buffer_size``, ``is_closing``,
-    ``pause_reading``, ``resume_reading``) are the core's own bound methods,
-    set on the instance, so a call costs no Python frame.
+    ``pause_reading``, ``resume_reading``) are C functions (the core's
+    ``_transport_methods``) set on the class after it is made; they find the
+    core in the ``_npc`` slot, so a call costs no Python frame.
     """
 
     _start_tls_compatible = True
@@ -162,9 +177,7 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
         core = new_transport_core(self._sock_fd, self, protocol)
         self._sock = sock
         self._core = core
-        d = self.__dict__
-        for name in _CORE_METHODS:
-            d[name] = getattr(core, name)
+        self._npc = core
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
         loop.call_soon(core.start_reading)
@@ -208,7 +221,8 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
     def _protocol(self) -> Any:
         return self._core.get_protocol() if self._core is not None else None
 
-    # -- the core's methods (the instance attributes above replace these) ---------
+    # -- the core's methods (write ... resume_reading: the C functions set on the
+    #    class below replace these) -----------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._core.write(data)  # type: ignore[union-attr]
@@ -307,9 +321,10 @@ class NetpollTransport(_FlowControlMixin, asyncio.Transport):  # type: ignore[mi
                 self._server = None
 
 
-# the methods called per request: the core's bound methods on the instance
-_CORE_METHODS = ("write", "writelines", "get_write_buffer_size", "is_closing",
-                 "pause_reading", "resume_reading")
+# the methods called per request: C functions that read the core from the _npc slot
+for _name, _fn in _transport_methods(_CoreSlot).items():
+    setattr(NetpollTransport, _name, _fn)
+del _name, _fn
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
@@ -628,7 +643,7 @@ class NetpollStreamWriter(asyncio.StreamWriter):
         super().__init__(transport, protocol, reader, loop)
         if core is not None and core.attached:
             d = self.__dict__
-            d["write"] = transport.write  # the transport core's bound method
+            d["write"] = transport._core.write  # the transport core's bound method
             d["drain"] = core.drain
             d["_np"] = core
             core.set_writer(self)

@@ -27,6 +27,11 @@ cdef extern from "np_sched.h":
     object np_alloc(object t)  # a new reference
     PyObject* np_iattr(object o, object name) except? NULL   # borrowed, NULL = not there
     int np_iattr_set(object o, object name, object v) except -1
+    PyObject* np_iattr_c(object o, int idx, object name) except? NULL   # cached np_iattr
+    int np_iattr_set_int(object o, int idx, object name, object v) except -1
+    bint np_type_fresh(object t, PyObject* ct, unsigned int tag)
+    unsigned int np_type_tag(object t)
+    bint np_sole_ref(object o)
 
 cdef extern from "Python.h":
     # the singletons themselves (a C cast of True/False would be 1/0, not these)
@@ -111,21 +116,31 @@ _sched_init()
 cdef tuple _LOOP_ATTRS = ("_ready", "_scheduled", "_debug", "_closed", "_stopping",
                           "_timer_cancelled_count", "_clock_resolution", "_task_factory",
                           "_selector")
-cdef str A_READY = "_ready", A_SCHEDULED = "_scheduled", A_DEBUG = "_debug"
-cdef str A_CLOSED = "_closed", A_STOPPING = "_stopping", A_CANCELLED = "_timer_cancelled_count"
-cdef str A_RESOLUTION = "_clock_resolution", A_FACTORY = "_task_factory"
+# their numbers in _LOOP_ATTRS (and in np_sched.h's cache)
+cdef enum:
+    A_READY = 0
+    A_SCHEDULED = 1
+    A_DEBUG = 2
+    A_CLOSED = 3
+    A_STOPPING = 4
+    A_CANCELLED = 5
+    A_RESOLUTION = 6
+    A_FACTORY = 7
+    A_SELECTOR = 8
 
 
-cdef inline object _la(object self, str name):
-    cdef PyObject* v = np_iattr(self, name)
+cdef inline object _la(object self, int idx):
+    cdef str name = <str>_LOOP_ATTRS[idx]
+    cdef PyObject* v = np_iattr_c(self, idx, name)
     if v != NULL:
         return <object>v
     return getattr(self, name)
 
 
-cdef inline bint _ltrue(object self, str name) except -1:
+cdef inline bint _ltrue(object self, int idx) except -1:
     # a flag attribute (_debug, _closed, _stopping), True/False read without a call
-    cdef PyObject* v = np_iattr(self, name)
+    cdef str name = <str>_LOOP_ATTRS[idx]
+    cdef PyObject* v = np_iattr_c(self, idx, name)
     if v == Py_False:
         return False
     if v == Py_True:
@@ -138,7 +153,7 @@ cdef inline bint _ltrue(object self, str name) except -1:
 cdef int _count_cancelled(object self) except -1:
     # self._timer_cancelled_count += 1
     n = _la(self, A_CANCELLED) + 1
-    if np_iattr_set(self, A_CANCELLED, n) == 0:
+    if np_iattr_set_int(self, A_CANCELLED, "_timer_cancelled_count", n) == 0:
         self._timer_cancelled_count = n
     return 0
 
@@ -154,6 +169,44 @@ cdef bint _plain_attrs(type cls) except -1:
             if name in d and hasattr(type(d[name]), "__set__"):
                 return False
     return True
+
+
+# -- what the loop's class uses (checked per call; cached per class version) ----------------
+#
+# call_later, _run_once and TimerHandle.cancel take their C path only while the
+# loop's class still has our methods (a subclass or a patch may replace them);
+# reading that from the class is a few type lookups per call, so the answer is
+# kept for the last class seen, while its version tag says it is unchanged.
+
+cdef enum:
+    CF_CALL_AT = 1          # cls.call_at is loop_call_at
+    CF_BASE_CLOCK = 2       # cls.time is asyncio's or ours (time.monotonic())
+    CF_TIMER_CANCEL = 4     # cls._timer_handle_cancelled and cls.get_debug are ours
+
+cdef PyObject* _flags_cls = NULL    # compared only
+cdef unsigned int _flags_tag = 0
+cdef int _flags_val = 0
+
+
+cdef int _cls_flags(object cls) except -1:
+    global _flags_cls, _flags_tag, _flags_val
+    cdef int f = 0
+    if np_type_fresh(cls, _flags_cls, _flags_tag):
+        return _flags_val
+    if cls.call_at is loop_call_at:
+        f |= CF_CALL_AT
+    t = cls.time
+    if t is loop_time or t is _base_time:
+        f |= CF_BASE_CLOCK
+    if (cls._timer_handle_cancelled is loop_timer_handle_cancelled
+            and cls.get_debug is loop_get_debug):
+        f |= CF_TIMER_CANCEL
+    tag = np_type_tag(cls)
+    if tag:
+        _flags_cls = <PyObject*>cls
+        _flags_tag = tag
+        _flags_val = f
+    return f
 
 
 # -- TimerHandle with cancel() in C -------------------------------------------------------
@@ -186,9 +239,7 @@ def _timer_cancel(self):
     if v != Py_False or lp == NULL:
         return _TimerHandle.cancel(self)
     loop = <object>lp
-    lt = type(loop)
-    if (lt._timer_handle_cancelled is not loop_timer_handle_cancelled
-            or lt.get_debug is not loop_get_debug or _ltrue(loop, A_DEBUG)):
+    if not (_cls_flags(type(loop)) & CF_TIMER_CANCEL) or _ltrue(loop, A_DEBUG):
         return _TimerHandle.cancel(self)
     v = np_slot(self, OFF_SCHEDULED)
     if v == Py_True:
@@ -206,11 +257,49 @@ TimerHandle.cancel = _timer_cancel
 
 # -- handles -----------------------------------------------------------------------------
 
+# Handles whose run is over and that nobody else holds are kept for reuse
+# (_recycle), as CPython keeps freed floats and tuples: a call_soon then costs
+# no allocation and no deallocation. A kept handle's slots are cleared when it
+# is kept (its callback, arguments and context go at the moment the handle
+# would have been freed) and filled again by _new_handle as __init__ fills them.
+cdef enum:
+    _FREE_MAX = 256
+cdef list _free_handles = []
+cdef list _free_timers = []
+
+
+cdef int _recycle(object h) except -1:
+    # h: the run_once's own reference (borrowed here), maybe the last one
+    cdef list free
+    if type(h) is _Handle:
+        free = _free_handles
+    elif type(h) is _NPTimerHandle:
+        free = _free_timers
+    else:
+        return 0
+    if len(free) >= _FREE_MAX or not np_sole_ref(h):
+        return 0
+    np_slot_set(h, OFF_CALLBACK, None)
+    np_slot_set(h, OFF_ARGS, None)
+    np_slot_set(h, OFF_CONTEXT, None)
+    np_slot_set(h, OFF_LOOP, None)
+    np_slot_set(h, OFF_REPR, None)
+    np_slot_set(h, OFF_TB, None)
+    if np_sole_ref(h):          # (clearing ran code: did it take a reference?)
+        free.append(h)
+    return 0
+
+
 cdef object _new_handle(type cls, object callback, object args, object loop, object context):
     # events.Handle.__init__ (and TimerHandle's first part) outside debug mode
     if context is None:
         context = PyContext_CopyCurrent()
-    h = np_alloc(cls)
+    if cls is _Handle and _free_handles:
+        h = _free_handles.pop()
+    elif cls is _NPTimerHandle and _free_timers:
+        h = _free_timers.pop()
+    else:
+        h = np_alloc(cls)
     np_slot_set(h, OFF_CONTEXT, context)
     np_slot_set(h, OFF_LOOP, loop)
     np_slot_set(h, OFF_CALLBACK, callback)
@@ -400,9 +489,8 @@ def loop__call_soon(self, callback, args, context):
     return h
 
 
-cdef inline bint _base_clock(object cls):
-    t = cls.time
-    return t is loop_time or t is _base_time
+cdef inline bint _base_clock(object cls) except -1:
+    return (_cls_flags(cls) & CF_BASE_CLOCK) != 0
 
 
 cdef object _call_at(object self, object when, object callback, object args, object context):
@@ -432,7 +520,7 @@ def loop_call_later(self, delay, callback, *args, context=None):
     if delay is None:
         raise TypeError("delay must not be None")
     cls = type(self)
-    if _ltrue(self, A_DEBUG) or cls.call_at is not loop_call_at:
+    if _ltrue(self, A_DEBUG) or not (_cls_flags(cls) & CF_CALL_AT):
         return _base_call_later(self, delay, callback, *args, context=context)
     now = monotonic() if _base_clock(cls) else self.time()
     return _call_at(self, now + delay, callback, args, context)
@@ -460,6 +548,8 @@ def loop_create_task(self, coro, *, name=None, context=None):
         raise RuntimeError("Event loop is closed")
     if _ltrue(self, A_DEBUG) or _la(self, A_FACTORY) is not None:
         return _base_create_task(self, coro, name=name, context=context)
+    if name is None and context is None:
+        return _Task(coro, loop=self)       # (the same call, fewer keywords to parse)
     return _Task(coro, loop=self, name=name, context=context)
 
 
@@ -589,9 +679,12 @@ def loop_run_once(self):
             scheduled = _la(self, A_SCHEDULED)
             if not scheduled or not _cancelled(scheduled[0]):
                 break
-            self._timer_cancelled_count -= 1
+            n = _la(self, A_CANCELLED) - 1
+            if np_iattr_set_int(self, A_CANCELLED, "_timer_cancelled_count", n) == 0:
+                self._timer_cancelled_count = n
             h = _heappop(scheduled)
             _set_scheduled(h, False)
+            _recycle(h)
 
     # the timers that are due (taken before anything runs, as asyncio takes them
     # before it runs the iteration: a call_later(0) made below runs next time)
@@ -624,9 +717,9 @@ def loop_run_once(self):
         while i < ntodo:
             h = popleft()
             i += 1
-            if _cancelled(h):
-                continue
-            _run_handle(self, h)
+            if not _cancelled(h):
+                _run_handle(self, h)
+            _recycle(h)
     except BaseException:
         if due is not None:
             _requeue(ready, ntodo - i, due, 0)
@@ -655,7 +748,7 @@ def loop_run_once(self):
     # what the poll makes ready lands at the end of _ready, after what step 1
     # scheduled: take it from there, it runs now, before those
     n_before = len(ready)
-    sel = _la(self, "_selector")
+    sel = _la(self, A_SELECTOR)
     try:
         if _may_select_directly(self, sel):
             _select_and_dispatch(self, sel, timeout, ready)
@@ -688,10 +781,11 @@ def loop_run_once(self):
     try:
         while i < ntodo:
             h = io[i]
+            io[i] = None
             i += 1
-            if _cancelled(h):
-                continue
-            _run_handle(self, h)
+            if not _cancelled(h):
+                _run_handle(self, h)
+            _recycle(h)
     except BaseException:
         _requeue(ready, 0, io, i)
         raise

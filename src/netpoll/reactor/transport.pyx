@@ -273,6 +273,9 @@ cdef class TransportCore:
 
     def write(self, data):
         """asyncio's Transport.write: send at once, queue what the socket does not take."""
+        self.c_write(data)
+
+    cdef int c_write(self, object data) except -1:
         cdef Connection c = self.conn
         if type(data) is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
@@ -281,21 +284,21 @@ cdef class TransportCore:
             raise RuntimeError("Cannot call write() after write_eof()")
         if type(data) is bytes:
             if PyBytes_GET_SIZE(data) == 0:
-                return
+                return 0
         elif not data:
-            return
+            return 0
         if self.conn_lost or c.closed_by:
             if self.conn_lost >= _LOG_THRESHOLD:
                 _aio_logger.warning("socket.send() raised exception.")
             self.conn_lost += 1
-            return
+            return 0
         if c.writing or c.outbuf.length:
             c.own_out()
             c.outbuf.c_write(data)               # behind earlier output
             c.outbuf.c_flush()
         elif self.send_now(data) != 1:
-            return                               # all sent, or failed (fatal error done)
-        self.maybe_pause()
+            return 0                             # all sent, or failed (fatal error done)
+        return self.maybe_pause()
 
     cdef int send_now(self, object data) except -1:
         # The socket has nothing queued: send from the caller's memory. Returns
@@ -334,6 +337,9 @@ cdef class TransportCore:
 
     def writelines(self, list_of_data):
         """Write every buffer of an iterable; sent together (sendmsg) when the socket is idle."""
+        self.c_writelines(list_of_data)
+
+    cdef int c_writelines(self, object list_of_data) except -1:
         cdef Connection c = self.conn
         cdef int r
         if self.eof:
@@ -344,12 +350,12 @@ cdef class TransportCore:
                 raise TypeError(f"data argument must be a bytes-like object, "
                                 f"not {type(data).__name__!r}")
         if not items:
-            return
+            return 0
         if self.conn_lost or c.closed_by:
             if self.conn_lost >= _LOG_THRESHOLD:
                 _aio_logger.warning("socket.send() raised exception.")
             self.conn_lost += 1
-            return
+            return 0
         c.own_out()
         for data in items:
             c.outbuf.c_write(data)
@@ -359,10 +365,10 @@ cdef class TransportCore:
             if r < 0:
                 c.drop_output()
                 self.c_fatal_error(c.note_error(-r), "Fatal write error on socket transport")
-                return
+                return 0
             if r == 1:
                 c.set_writing(True)
-        self.maybe_pause()
+        return self.maybe_pause()
 
     def write_eof(self):
         """Shut down the sending side once the queued output is sent."""
@@ -441,17 +447,24 @@ cdef class TransportCore:
 
     def pause_reading(self):
         """No data_received from now on (EPOLLIN off at once)."""
+        self.c_pause_reading()
+
+    cdef int c_pause_reading(self) except -1:
         if self.closing or self.paused:
-            return
+            return 0
         self.paused = True
         self.reader_on = False
         self.conn.set_reading(False)
         if self.loop.get_debug():
             _aio_logger.debug("%r pauses reading", self.transport)
+        return 0
 
     def resume_reading(self):
+        self.c_resume_reading()
+
+    cdef int c_resume_reading(self) except -1:
         if self.closing or not self.paused:
-            return
+            return 0
         self.paused = False
         self.reader_on = True
         self.conn.set_reading(True)
@@ -459,6 +472,7 @@ cdef class TransportCore:
             _aio_logger.debug("%r resumes reading", self.transport)
         if self.conn.inbuf.length or (self.conn.peer_eof and not self.eof_seen):
             self.queue()
+        return 0
 
     # -- protocol ---------------------------------------------------------------------
 
@@ -562,3 +576,104 @@ def new_transport_core(fd, transport, protocol):
     t.set_protocol(protocol)
     c.proto = t
     return t
+
+
+# -- the transport's per-request methods -------------------------------------------------
+#
+# Frameworks call transport.write / is_closing (and the rest of _CORE_METHODS in
+# transports.py) once or more per request. These functions are those methods
+# of NetpollTransport's class: the core is read from the instance's `_npc` slot
+# (a __slots__ entry of its base class, at a fixed offset), so the call costs no
+# Python frame, and since nothing shadows the class attribute in the instance
+# dict, CPython's specialised method call (LOAD_METHOD_WITH_VALUES) applies.
+
+cdef extern from "np_sched.h":
+    Py_ssize_t _tr_slot_offset "np_slot_offset"(object descr)
+    PyObject* _tr_slot "np_slot"(object o, Py_ssize_t off)
+
+cdef Py_ssize_t _npc_off = -1
+cdef type _npc_base = None
+
+
+cdef inline TransportCore _tcore(object self):
+    # the core in self's `_npc` slot, or None (not a transport, or no core yet)
+    cdef PyObject* p
+    if _npc_base is None or not PyObject_TypeCheck(self, <PyTypeObject*>_npc_base):
+        return None
+    p = _tr_slot(self, _npc_off)
+    if p == NULL or type(<object>p) is not TransportCore:
+        return None
+    return <TransportCore>p
+
+
+@cython.binding(True)
+def _transport_write(self, data):
+    """Write data (asyncio's ``Transport.write``): sent at once, the rest queued."""
+    cdef TransportCore c = _tcore(self)
+    if c is None:
+        return self._core.write(data)
+    c.c_write(data)
+
+
+@cython.binding(True)
+def _transport_writelines(self, list_of_data):
+    """Write every buffer of an iterable (asyncio's ``Transport.writelines``)."""
+    cdef TransportCore c = _tcore(self)
+    if c is None:
+        return self._core.writelines(list_of_data)
+    c.c_writelines(list_of_data)
+
+
+@cython.binding(True)
+def _transport_get_write_buffer_size(self):
+    """Bytes written and not yet taken by the kernel."""
+    cdef TransportCore c = _tcore(self)
+    if c is None:
+        return self._core.get_write_buffer_size()
+    return c.buffer_size()
+
+
+@cython.binding(True)
+def _transport_is_closing(self):
+    """True once the transport is closing or closed."""
+    cdef TransportCore c = _tcore(self)
+    if c is None:
+        return self._core.is_closing()
+    return c.closing
+
+
+@cython.binding(True)
+def _transport_pause_reading(self):
+    """Stop calling data_received until resume_reading() (asyncio's ``pause_reading``)."""
+    cdef TransportCore c = _tcore(self)
+    if c is None:
+        return self._core.pause_reading()
+    c.c_pause_reading()
+
+
+@cython.binding(True)
+def _transport_resume_reading(self):
+    """Call data_received again (asyncio's ``resume_reading``)."""
+    cdef TransportCore c = _tcore(self)
+    if c is None:
+        return self._core.resume_reading()
+    c.c_resume_reading()
+
+
+def _transport_methods(base):
+    """The per-request methods for the subclasses of ``base`` (whose ``__slots__``
+    has ``_npc``, where the transport keeps its core): name -> function."""
+    global _npc_off, _npc_base
+    off = _tr_slot_offset(base.__dict__.get("_npc"))
+    if off < 0 or not isinstance(base, type):
+        raise TypeError("_transport_methods: base has no _npc slot")
+    _npc_off = off
+    _npc_base = base
+    return {
+        "write": _transport_write,
+        "writelines": _transport_writelines,
+        "get_write_buffer_size": _transport_get_write_buffer_size,
+        "is_closing": _transport_is_closing,
+        "pause_reading": _transport_pause_reading,
+        "resume_reading": _transport_resume_reading,
+    }
