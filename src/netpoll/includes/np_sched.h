@@ -188,6 +188,8 @@ np_sole_ref(PyObject *o)
         return 0;
     if (t->tp_weaklistoffset > 0 && *(PyObject **)((char *)o + t->tp_weaklistoffset) != NULL)
         return 0;
+    if (t->tp_weaklistoffset < 0)
+        return 0;     /* 3.12+: a managed weakref list (no public way to read it): keep out */
     return 1;
 }
 

@@ -262,6 +262,8 @@ TimerHandle.cancel = _timer_cancel
 # no allocation and no deallocation. A kept handle's slots are cleared when it
 # is kept (its callback, arguments and context go at the moment the handle
 # would have been freed) and filled again by _new_handle as __init__ fills them.
+# (3.11 only in effect: from 3.12 a Handle's weakref list is managed by CPython and
+# cannot be read, so np_sole_ref refuses and spent handles are freed as usual.)
 cdef enum:
     _FREE_MAX = 256
 cdef list _free_handles = []
