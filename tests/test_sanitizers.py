@@ -44,6 +44,8 @@ SUBSET = [
     "tests/test_transport_core.py",
     "tests/test_streams_core.py",
     "tests/test_waiter.py",
+    "tests/test_loop_sched.py",
+    "tests/test_uring_accept.py",
     "tests/test_fuzz.py::test_linkbuffer_fuzz_random",
     "tests/test_fuzz.py::test_parser_fuzz_random",
 ]
