@@ -276,6 +276,24 @@ cdef class EventLoop:
         self.backoff_handle = self.loop.call_later(delay, self._resume_accept)
         return 0
 
+    cdef int sweep_backlog(self) except -1:
+        # After cancelling the ring's ACCEPT (shutdown, _pause_accepting): take
+        # what the listen queue holds. The kernel wakes one ACCEPT per connection
+        # (io_uring polls a listener EPOLLEXCLUSIVE); if that was ours and the
+        # cancel came before its task work ran, the connection is still queued
+        # and no other waiter - another worker's ring on the same socket - was
+        # woken for it: left there, it would wait for the next connection.
+        cdef int fd, i, err
+        for i in range(4096):
+            fd = accept4(self.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                err = errno
+                if err == EINTR or err == ECONNABORTED:
+                    continue
+                break             # EAGAIN: empty; anything else: leave it to close()
+            self.take_fd(fd)
+        return 0
+
     def _resume_accept(self):
         self.backoff_handle = None
         if self.shutting_down or self.accept_paused or self.accepting or self.listener_closed():
@@ -284,8 +302,8 @@ cdef class EventLoop:
 
     cdef int new_connection(self, int fd) except -1:
         cdef Connection c
-        if self.hard_closed or (self.shutting_down and self.drained is None):
-            close(fd)         # after the force phase, or shut down before serve()
+        if self.hard_closed:
+            close(fd)         # after shutdown's force phase
             return 0
         c = make_connection(fd, self.loop, self.network, self)
         c.on_request = self.on_request
@@ -371,7 +389,10 @@ cdef class EventLoop:
         if self.shutting_down or self.loop is None:
             return
         self.accept_paused = True
+        ring = self.apoller is not None
         self.stop_accepting()
+        if ring:
+            self.sweep_backlog()
         if self.backoff_handle is not None:
             self.backoff_handle.cancel()
             self.backoff_handle = None
@@ -391,7 +412,10 @@ cdef class EventLoop:
             return None
         first = not self.shutting_down
         self.shutting_down = True
+        ring = self.apoller is not None
         self.stop_accepting()
+        if ring:
+            self.sweep_backlog()      # (set up and drained below, with the others)
         if self.backoff_handle is not None:
             self.backoff_handle.cancel()
             self.backoff_handle = None
