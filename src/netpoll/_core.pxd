@@ -591,6 +591,8 @@ cdef class EventLoop:
     cdef int uring_accepted_cqe(self, int res, bint more, unsigned long long aid) except -1
     cdef int check_drained(self) except -1
     cdef int sweep_backlog(self) except -1
+    cdef int drain_these(self, list conns) except -1
+    cdef int quit_accepting(self) except -1
     # After the ring's ACCEPT is cancelled: accept4 what the listen queue holds.
     # Shutting down, no connection left and no ACCEPT of ours still to report: drained.
     # One ACCEPT CQE, after the walk (reactor/uring.pyx queues them on the poller).

@@ -18,9 +18,10 @@
 #   waits for the ACCEPT's final CQE); every connection begins draining (closes
 #   once idle, with its output sent); after `timeout` the rest are force-closed
 #   (hard_closed: a late fd is closed unserved) and TimeoutError is raised.
+#   serve() returns None when shutdown is over. A server serves once: serve()
+#   after shutdown() raises RuntimeError.
 # - _pause_accepting (run_workers' hand-over): stop taking connections, keep
-#   the listener open and serve what was taken. serve() returns None when shutdown is over. A server serves
-#   once: serve() after shutdown() raises RuntimeError.
+#   the listener open and serve what was taken.
 
 cdef class EventLoop:
     """The server: accepts connections and runs the callbacks for each.
@@ -352,18 +353,35 @@ cdef class EventLoop:
         return 0
 
     def _drain_late(self):
-        cdef Connection c
         late, self.late = self.late, None
-        if not late:
-            return
-        for c in late:
+        if late:
+            self.drain_these(late)
+        self.check_drained()
+
+    cdef int drain_these(self, list conns) except -1:
+        # Shutdown: take in what the kernel already received, so those requests
+        # are answered, then every one of conns closes once idle.
+        cdef Connection c
+        for c in conns:
             if c.closed_by == OPEN and not c.peer_eof and not c.paused and c.registered:
                 c.do_read(EPOLLIN, True)
         run_all_pending(self.loop)
-        for c in late:
+        for c in conns:
             if not c.draining:
                 c.begin_drain()
-        self.check_drained()
+        return 0
+
+    cdef int quit_accepting(self) except -1:
+        # For good (shutdown) or until shutdown (_pause_accepting): stop either
+        # accept path and its backoff; after a ring's ACCEPT, take the queue too.
+        cdef bint ring = self.apoller is not None
+        self.stop_accepting()
+        if ring:
+            self.sweep_backlog()
+        if self.backoff_handle is not None:
+            self.backoff_handle.cancel()
+            self.backoff_handle = None
+        return 0
 
     cdef int check_drained(self) except -1:
         if self.shutting_down and not self.conns and self.drained is not None \
@@ -389,13 +407,7 @@ cdef class EventLoop:
         if self.shutting_down or self.loop is None:
             return
         self.accept_paused = True
-        ring = self.apoller is not None
-        self.stop_accepting()
-        if ring:
-            self.sweep_backlog()
-        if self.backoff_handle is not None:
-            self.backoff_handle.cancel()
-            self.backoff_handle = None
+        self.quit_accepting()
 
     async def shutdown(self, timeout=None):
         """Stop accepting, close idle connections, let running handlers finish.
@@ -412,13 +424,7 @@ cdef class EventLoop:
             return None
         first = not self.shutting_down
         self.shutting_down = True
-        ring = self.apoller is not None
-        self.stop_accepting()
-        if ring:
-            self.sweep_backlog()      # (set up and drained below, with the others)
-        if self.backoff_handle is not None:
-            self.backoff_handle.cancel()
-            self.backoff_handle = None
+        self.quit_accepting()         # (what it takes is drained below, with the others)
         if first:
             try:
                 self.listener.close()
@@ -430,13 +436,7 @@ cdef class EventLoop:
         uring_take_all(self.loop)
         run_all_pending(self.loop)
         self.late = None           # (set up above: drained below with the others)
-        # Take in what the kernel already received, so those requests are answered.
-        for c in list(self.conns):
-            if c.closed_by == OPEN and not c.peer_eof and not c.paused and c.registered:
-                c.do_read(EPOLLIN, True)
-        run_all_pending(self.loop)
-        for c in list(self.conns):
-            c.begin_drain()
+        self.drain_these(list(self.conns))
         self.check_drained()
         if not self.drained.done() and uring_accept_pending(self):
             # the ACCEPT's final CQE is due at once (the cancel was submitted and,
