@@ -675,6 +675,30 @@ def test_release_keeps_unconsumed_data():
     assert buf.bytes() == b"bbccccdd"
 
 
+@pytest.mark.parametrize("size", [100, 5000, 70000])
+def test_spare_chunks_never_reuse_memory_a_view_still_shows(size):
+    # A freed node parks its chunk for the next buffer only when nothing else
+    # refers to it: a held view (next, peek) or slice keeps its bytes unchanged
+    # while later buffers of the same size class are written, read and freed.
+    kept = []
+    for i in range(300):
+        fill = bytes([i % 251]) * size
+        buf = LinkBuffer()
+        buf.write_binary(bytearray(fill))        # copied into a pooled chunk
+        buf.flush()
+        if i % 3 == 0:
+            kept.append((fill, buf.next(size)))
+        elif i % 3 == 1:
+            kept.append((fill, buf.slice(size)))
+        else:
+            buf.skip(size)
+        buf.release()
+        buf.close()
+    for fill, held in kept:
+        got = bytes(held) if isinstance(held, memoryview) else held.bytes()
+        assert got == fill
+
+
 @pytest.mark.skipif(not DEBUG_BUILD, reason="live counts exist only in the debug build")
 @pytest.mark.parametrize("how", ["skip", "next"])
 def test_release_gives_back_consumed_nodes(how):

@@ -56,6 +56,7 @@ from netpoll.errors import NotEnoughDataError
 
 cdef extern from "Python.h":
     Py_ssize_t Py_REFCNT(PyObject* o)       # a raw pointer: no temporary reference
+    void Py_DecRef(PyObject* o)             # a raw pointer, as the cache holds it
     object PyMemoryView_FromObject(object o)
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
@@ -74,6 +75,8 @@ cdef enum:
     INPLACE_THRESHOLD = 4096     # bytes this large are linked, not copied
     TAIL_MAX = 8192              # flush seals a tail larger than this
     POOL_BYTES_PER_CLASS = 1 << 20     # cache at most 1 MiB of free blocks per class
+    CACHE_CLASSES = 17           # Chunk objects of blocks up to 64 KiB are kept whole ...
+    CACHE_DEPTH = 32             # ... up to 32 per class (at most ~4 MiB in all)
 
 cdef Py_ssize_t NODE_MIN = NODE_MIN_DEFAULT   # configure(link_buffer_cap=...)
 
@@ -84,12 +87,21 @@ cdef Py_ssize_t live_chunks = 0
 cdef Py_ssize_t live_nodes = 0
 cdef Node* node_pool = NULL
 cdef Py_ssize_t node_pool_count = 0
+# Spare Chunk objects, each with its block, that nothing else refers to: a node
+# that frees the last reference to a pooled chunk parks it here, and the next
+# chunk_new of that class takes it back. A connection that answers each request
+# into a fresh output node (written, sent, freed) then reuses one object and
+# block instead of making and destroying a Chunk per request.
+cdef PyObject* chunk_cache[CACHE_CLASSES][CACHE_DEPTH]
+cdef int chunk_cache_n[CACHE_CLASSES]
 
 cdef int _i
 for _i in range(NCLASS):
     pool_head[_i] = NULL
     pool_count[_i] = 0
     pool_limit[_i] = max(4, min(4096, POOL_BYTES_PER_CLASS >> _i))
+for _i in range(CACHE_CLASSES):
+    chunk_cache_n[_i] = 0
 
 cdef char empty_block[1]
 cdef char* byte_format = "B"
@@ -161,11 +173,19 @@ cdef class Chunk:
 
 
 cdef Chunk chunk_new(Py_ssize_t size):
-    cdef Chunk c = Chunk.__new__(Chunk)
+    cdef Chunk c
     cdef int cls
     cdef void* p
+    cdef PyObject* spare
     if size <= MALLOC_MAX:
         cls = size_class(size)
+        if cls < CACHE_CLASSES and chunk_cache_n[cls]:
+            chunk_cache_n[cls] -= 1
+            spare = chunk_cache[cls][chunk_cache_n[cls]]
+            c = <Chunk>spare             # a new reference ...
+            Py_DecRef(spare)             # ... replaces the cache's
+            return c
+        c = Chunk.__new__(Chunk)
         p = pool_head[cls]
         if p != NULL:
             pool_head[cls] = (<void**>p)[0]
@@ -177,6 +197,7 @@ cdef Chunk chunk_new(Py_ssize_t size):
         c.cls = cls
         c.cap = <Py_ssize_t>1 << cls
     else:
+        c = Chunk.__new__(Chunk)
         p = c_malloc(<size_t>size)
         if p == NULL:
             raise MemoryError(f"cannot allocate a {size}-byte chunk")
@@ -249,7 +270,30 @@ cdef inline void node_free(Node* n) noexcept:
         free(n)
     if NETPOLL_DEBUG:
         live_nodes -= 1
+    if c != NULL and Py_REFCNT(c) == 1 and chunk_park(c):
+        return                   # the node's reference is now the cache's
     Py_XDECREF(c)
+
+
+cdef inline bint chunk_park(PyObject* c) noexcept:
+    # Keep a pooled chunk that only the caller refers to (no view, node or
+    # slice: nobody can see its bytes) for the next chunk_new of its class.
+    cdef int cls = (<Chunk>c).cls
+    if cls < 0 or cls >= CACHE_CLASSES or chunk_cache_n[cls] == CACHE_DEPTH:
+        return False
+    chunk_cache[cls][chunk_cache_n[cls]] = c
+    chunk_cache_n[cls] += 1
+    return True
+
+
+cdef void chunk_cache_clear() noexcept:
+    cdef int cls
+    cdef PyObject* c
+    for cls in range(CACHE_CLASSES):
+        while chunk_cache_n[cls]:
+            chunk_cache_n[cls] -= 1
+            c = chunk_cache[cls][chunk_cache_n[cls]]
+            Py_DecRef(c)
 
 
 cdef inline bint sole_owner(Node* n) noexcept:
@@ -258,7 +302,8 @@ cdef inline bint sole_owner(Node* n) noexcept:
 
 
 cpdef dict _debug_counts():
-    """Live chunks and nodes (counted in the debug build only)."""
+    """Live chunks and nodes (counted in the debug build only); spare chunks are freed first."""
+    chunk_cache_clear()
     return {"chunks": live_chunks, "nodes": live_nodes}
 
 
