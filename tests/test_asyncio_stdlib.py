@@ -62,7 +62,8 @@ SUITES = {
 # Suites that make no transports: they run on the netpoll loop over stock asyncio for
 # its scheduling in C (reactor/sched.pyx: call_soon, timers, Tasks, _run_once)
 SCHED_SUITES = ["test_locks", "test_queues", "test_timeouts",
-                "test_taskgroups", "test_waitfor"]
+                "test_taskgroups", "test_waitfor", "test_tasks", "test_base_events",
+                "test_unix_events", "test_sock_lowlevel", "test_subprocess", "test_context"]
 
 
 _LOOPS_MADE = [0]

@@ -178,6 +178,11 @@ class NetpollTransport(_CoreSlot):
         self._sock = sock
         self._core = core
         self._npc = core
+        # as asyncio's selector transports do: add_reader/add_writer (and their
+        # removal) on this fd then raise RuntimeError instead of polling it a second time
+        transports = getattr(loop, "_transports", None)
+        if transports is not None:
+            transports[self._sock_fd] = self
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
         loop.call_soon(core.start_reading)
@@ -350,7 +355,13 @@ class _RouteMixin:
         *,
         extra: dict[str, Any] | None = None,
         server: Any = None,
-    ) -> NetpollTransport:
+    ) -> Any:
+        if type(sock.fileno()) is not int:
+            # not an OS socket (a test double such as a mock): the reactor polls file
+            # descriptors, so the base selector loop's own transport takes it
+            base = getattr(super(), "_make_socket_transport", None)
+            if base is not None:
+                return base(sock, protocol, waiter, extra=extra, server=server)
         return NetpollTransport(self._np_loop, sock, protocol, waiter, extra, server)
 
     def _make_ssl_transport(
