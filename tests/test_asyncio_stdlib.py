@@ -59,11 +59,14 @@ SUITES = {
     "test_sslproto": [],  # start_tls and ssl= over netpoll transports (asyncio's SSLProtocol)
 }
 
-# Suites that make no transports: they run on the netpoll loop over stock asyncio for
-# its scheduling in C (reactor/sched.pyx: call_soon, timers, Tasks, _run_once)
+# Suites run on the netpoll loop over stock asyncio only, with its scheduling in C
+# (reactor/sched.pyx: call_soon, timers, Tasks, _run_once) checked to be on: the loop's
+# own suites, and test_sendfile/test_ssl, whose loop.sendfile and sock_* tests are the
+# selector loop's (on uvloop, loop.sock_sendfile is uvloop's own)
 SCHED_SUITES = ["test_locks", "test_queues", "test_timeouts",
                 "test_taskgroups", "test_waitfor", "test_tasks", "test_base_events",
-                "test_unix_events", "test_sock_lowlevel", "test_subprocess", "test_context"]
+                "test_unix_events", "test_sock_lowlevel", "test_subprocess", "test_context",
+                "test_sendfile", "test_ssl"]
 
 
 _LOOPS_MADE = [0]

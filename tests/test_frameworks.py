@@ -10,6 +10,7 @@ transports (it counts them).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import socket
@@ -220,9 +221,16 @@ def test_uvicorn_cli_loop_option(factory: str) -> None:
 # a teardown warning, not a failed request; the warning stays visible, the test does not
 # error on it, and it is listed in the closing note to be found.
 @pytest.mark.filterwarnings("default::pytest.PytestUnraisableExceptionWarning")
-def test_aiohttp_server_and_client(np_loop_run: Callable[..., Any], made: list[int]) -> None:
+def test_aiohttp_server_and_client(np_loop_run: Callable[..., Any], made: list[int],
+                                   tmp_path: Any) -> None:
     aiohttp = pytest.importorskip("aiohttp")
     from aiohttp import web
+
+    blob = os.urandom(3 << 20)      # a static file: aiohttp's FileResponse calls loop.sendfile
+    (tmp_path / "blob.bin").write_bytes(blob)
+
+    async def static(request: Any) -> Any:
+        return web.FileResponse(tmp_path / "blob.bin")
 
     async def hello(request: Any) -> Any:
         return web.Response(text="hello " + request.match_info.get("name", "x"))
@@ -240,7 +248,7 @@ def test_aiohttp_server_and_client(np_loop_run: Callable[..., Any], made: list[i
     async def main() -> None:
         app = web.Application()
         app.add_routes([web.get("/h/{name}", hello), web.post("/echo", echo),
-                        web.get("/ws", ws)])
+                        web.get("/ws", ws), web.get("/blob", static)])
         runner = web.AppRunner(app)
         await runner.setup()
         sock = _listening_socket()
@@ -258,6 +266,9 @@ def test_aiohttp_server_and_client(np_loop_run: Callable[..., Any], made: list[i
                 async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as w:
                     await w.send_str("abc")
                     assert (await w.receive()).data == "ABC"
+                for _ in range(2):           # then the keep-alive connection goes on
+                    async with session.get(f"http://127.0.0.1:{port}/blob") as r:
+                        assert r.status == 200 and await r.read() == blob
         finally:
             await runner.cleanup()
             sock.close()

@@ -486,6 +486,76 @@ def test_sendfile_fallback_and_writelines(np_run: Callable[..., Any], tmp_path: 
     np_run(main)
 
 
+def test_sendfile_is_native_on_a_selector_loop(
+        np_run: Callable[..., Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # loop.sendfile() on a netpoll transport: os.sendfile over the socket (asyncio's
+    # _sendfile_native) on a selector base loop, after the queued output has gone;
+    # writes are refused while it runs, and the connection reads and writes after it.
+    import os
+
+    path = tmp_path / "f.bin"
+    payload = os.urandom(1 << 22)       # 4 MiB: more than a socket buffer takes at once
+    path.write_bytes(payload)
+    calls = [0]
+    real_sendfile = os.sendfile
+
+    def counting_sendfile(*args: Any) -> int:
+        calls[0] += 1
+        return real_sendfile(*args)
+
+    monkeypatch.setattr(os, "sendfile", counting_sendfile)
+
+    async def main(api: Any) -> None:
+        loop = asyncio.get_running_loop()
+        native = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+        lsock = socket.create_server(("127.0.0.1", 0))
+        lsock.setblocking(False)
+        rec = Recorder()
+        connecting = asyncio.ensure_future(
+            api.create_connection(lambda: rec, *lsock.getsockname()))
+        peer, _ = await loop.sock_accept(lsock)
+        tr, _ = await connecting
+        head = b"head" * 100_000          # queued output the sendfile must wait for
+        want = head + payload + b"tail"
+        got = bytearray()
+
+        async def drain() -> None:
+            while len(got) < len(want):
+                chunk = await loop.sock_recv(peer, 1 << 16)
+                assert chunk, "the peer saw EOF early"
+                got.extend(chunk)
+
+        reading = asyncio.ensure_future(drain())
+        try:
+            tr.write(head)
+            if type(loop).sendfile is asyncio.AbstractEventLoop.sendfile:
+                tr.write(payload)  # a plain uvloop loop has no sendfile at all
+            else:
+                with open(path, "rb") as f:
+                    sending = asyncio.ensure_future(loop.sendfile(tr, f))
+                    await asyncio.sleep(0)
+                    if native:
+                        with pytest.raises(RuntimeError, match="sendfile is in progress"):
+                            tr.write(b"x")
+                        with pytest.raises(RuntimeError, match="sendfile is in progress"):
+                            tr.writelines([b"x"])
+                    assert await sending == len(payload)
+            tr.write(b"tail")
+            await asyncio.wait_for(reading, 10)
+            assert bytes(got) == want
+            assert (calls[0] > 0) == native
+            tr.write(b"more")               # still a working transport
+            assert await loop.sock_recv(peer, 16) == b"more"
+        finally:
+            reading.cancel()
+            tr.close()
+            await rec.lost
+            peer.close()
+            lsock.close()
+
+    np_run(main)
+
+
 def test_set_protocol_switches_callbacks(np_run: Callable[..., Any]) -> None:
     async def main(api: Any) -> None:
         loop = asyncio.get_running_loop()

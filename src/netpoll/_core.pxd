@@ -510,6 +510,9 @@ cdef class TransportCore:
     cdef Py_ssize_t high_water
     cdef Py_ssize_t low_water
     cdef StreamCore stream       # set: the input is a Streams reader's buffer (reactor/streams.pyx)
+    # asyncio's _empty_waiter: set while loop.sendfile() uses the socket (writes are
+    # refused); resolved when the output has drained (on_writable, or at once)
+    cdef public object empty_waiter
     cdef object __weakref__
 
     cdef int deliver(self) except -1

@@ -139,7 +139,10 @@ class NetpollTransport(_CoreSlot):
     """
 
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # loop.sendfile(): os.sendfile on a selector base loop (asyncio's _sendfile_native:
+    # reading paused, the output drained, then sock_sendfile on the socket); the
+    # base loop's fallback elsewhere
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _sock: socket.socket | None = None  # read by __del__ even if __init__ failed
     _core: TransportCore | None = None
 
@@ -324,6 +327,26 @@ class NetpollTransport(_CoreSlot):
                 else:
                     server._detach()
                 self._server = None
+            waiter = core.empty_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    # -- loop.sendfile(): asyncio's hooks (selector_events._SelectorSocketTransport) --
+
+    def _make_empty_waiter(self) -> asyncio.Future[None]:
+        core = self._core
+        assert core is not None
+        if core.empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        core.empty_waiter = waiter
+        if core.get_write_buffer_size() == 0:
+            waiter.set_result(None)
+        return waiter
+
+    def _reset_empty_waiter(self) -> None:
+        if self._core is not None:
+            self._core.empty_waiter = None
 
 
 # the methods called per request: C functions that read the core from the _npc slot

@@ -101,6 +101,8 @@ cdef class TransportCore:
             return self.fail_write(-r)
         if r == 0:
             c.set_writing(False)
+            if self.empty_waiter is not None and not self.empty_waiter.done():
+                self.empty_waiter.set_result(None)     # schedules its callbacks only
             if self.closing:
                 self.queue()                 # connection_lost(None), after the pass
             elif self.eof:
@@ -116,6 +118,8 @@ cdef class TransportCore:
         c.set_writing(False)
         c.note_error(err)
         self.write_failed = True
+        if self.empty_waiter is not None and not self.empty_waiter.done():
+            self.empty_waiter.set_exception(c.close_error)
         return self.queue()
 
     cdef int deliver(self) except -1:
@@ -282,6 +286,8 @@ cdef class TransportCore:
                             f"not {type(data).__name__!r}")
         if self.eof:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self.empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if type(data) is bytes:
             if PyBytes_GET_SIZE(data) == 0:
                 return 0
@@ -344,6 +350,8 @@ cdef class TransportCore:
         cdef int r
         if self.eof:
             raise RuntimeError(_WRITELINES_AFTER_EOF)
+        if self.empty_waiter is not None:
+            raise RuntimeError("unable to writelines; sendfile is in progress")
         items = list(list_of_data)
         for data in items:
             if not isinstance(data, (bytes, bytearray, memoryview)):
