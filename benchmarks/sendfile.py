@@ -8,6 +8,7 @@ and the sending process's CPU seconds (user + system) per GB, medians.
 
     python benchmarks/sendfile.py                 # 64 MiB x 5 rounds
     python benchmarks/sendfile.py --mib 256 --rounds 3
+    python benchmarks/sendfile.py --base uvloop   # the netpoll loop over uvloop
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ async def main(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             for mode in res:
                 res[mode].append(await send_once(path, mode == "os.sendfile"))
-        print(f"loop.sendfile of {args.mib} MiB over a netpoll transport, median of {args.rounds}")
+        print(f"loop.sendfile of {args.mib} MiB over a netpoll transport ({args.base} base), "
+              f"median of {args.rounds}")
         print(f"{'mode':12s} {'MB/s':>8s} {'CPU s/GB':>9s}")
         for mode, runs in res.items():
             mbs = statistics.median(size / dt / 1e6 for dt, _ in runs)
@@ -86,4 +88,12 @@ if __name__ == "__main__":
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", type=int, default=64, help="file size in MiB (default 64)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    netpoll.run(main(ap.parse_args()))
+    ap.add_argument("--base", choices=["asyncio", "uvloop"], default="asyncio",
+                    help="the loop under the netpoll loop (default asyncio)")
+    args = ap.parse_args()
+    base = None
+    if args.base == "uvloop":
+        import uvloop
+
+        base = uvloop.new_event_loop
+    netpoll.run(main(args), base=base)

@@ -57,16 +57,16 @@ SUITES = {
     "test_buffered_proto": [],
     "test_events": ["EPollEventLoopTests"],
     "test_sslproto": [],  # start_tls and ssl= over netpoll transports (asyncio's SSLProtocol)
+    "test_sendfile": [],  # loop.sendfile (os.sendfile over the transport's socket), sock_sendfile
 }
 
 # Suites run on the netpoll loop over stock asyncio only, with its scheduling in C
 # (reactor/sched.pyx: call_soon, timers, Tasks, _run_once) checked to be on: the loop's
-# own suites, and test_sendfile/test_ssl, whose loop.sendfile and sock_* tests are the
-# selector loop's (on uvloop, loop.sock_sendfile is uvloop's own)
+# own suites, and test_ssl (its sock_* and timing tests are the selector loop's)
 SCHED_SUITES = ["test_locks", "test_queues", "test_timeouts",
                 "test_taskgroups", "test_waitfor", "test_tasks", "test_base_events",
                 "test_unix_events", "test_sock_lowlevel", "test_subprocess", "test_context",
-                "test_sendfile", "test_ssl"]
+                "test_ssl"]
 
 
 _LOOPS_MADE = [0]

@@ -486,11 +486,12 @@ def test_sendfile_fallback_and_writelines(np_run: Callable[..., Any], tmp_path: 
     np_run(main)
 
 
-def test_sendfile_is_native_on_a_selector_loop(
+def test_sendfile_is_native(
         np_run: Callable[..., Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # loop.sendfile() on a netpoll transport: os.sendfile over the socket (asyncio's
-    # _sendfile_native) on a selector base loop, after the queued output has gone;
-    # writes are refused while it runs, and the connection reads and writes after it.
+    # _sendfile_native) on a selector loop and on a netpoll loop over either base, after
+    # the queued output has gone; writes are refused while it runs, and the connection
+    # reads and writes after it. (A plain uvloop loop has no loop.sendfile at all.)
     import os
 
     path = tmp_path / "f.bin"
@@ -507,7 +508,7 @@ def test_sendfile_is_native_on_a_selector_loop(
 
     async def main(api: Any) -> None:
         loop = asyncio.get_running_loop()
-        native = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+        native = type(loop).sendfile is not asyncio.AbstractEventLoop.sendfile
         lsock = socket.create_server(("127.0.0.1", 0))
         lsock.setblocking(False)
         rec = Recorder()

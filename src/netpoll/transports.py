@@ -57,6 +57,7 @@ import inspect
 import os
 import socket
 import warnings
+import weakref
 from asyncio import base_events as _base_events
 from asyncio import constants
 from asyncio import selector_events as _selector_events
@@ -434,9 +435,19 @@ class _BorrowedMixin(_RouteMixin):
     create_server: Any = _Base.create_server
     connect_accepted_socket: Any = _Base.connect_accepted_socket
     start_tls: Any = _Base.start_tls
-    sendfile: Any = _Base.sendfile  # uvloop has none; asyncio's fallback over the transport
-    _sendfile_native: Any = _Base._sendfile_native
+    # uvloop has no sendfile for transports nor sock_sendfile: asyncio's, whose native
+    # path is os.sendfile with the loop's add_writer (the transport paused and drained;
+    # the netpoll poller does not watch the fd meanwhile)
+    sendfile: Any = _Base.sendfile
+    _sendfile_native: Any = _Sel._sendfile_native
     _sendfile_fallback: Any = _Base._sendfile_fallback
+    sock_sendfile: Any = _Base.sock_sendfile
+    _check_sendfile_params: Any = _Base._check_sendfile_params
+    _sock_sendfile_fallback: Any = _Base._sock_sendfile_fallback
+    _sock_sendfile_native: Any = _Unix._sock_sendfile_native
+    _sock_sendfile_native_impl: Any = _Unix._sock_sendfile_native_impl
+    _sock_sendfile_update_filepos: Any = _Unix._sock_sendfile_update_filepos
+    _sock_add_cancellation_callback: Any = _Unix._sock_add_cancellation_callback
     create_unix_connection: Any = _Unix.create_unix_connection
     create_unix_server: Any = _Unix.create_unix_server
     _create_connection_transport: Any = _Base._create_connection_transport
@@ -469,6 +480,15 @@ class _BorrowedMixin(_RouteMixin):
     @property
     def _debug(self) -> bool:
         return bool(self._np_loop.get_debug())
+
+    @property
+    def _transports(self) -> Any:
+        # asyncio's fd -> transport map (NetpollTransport registers; _sendfile_native
+        # takes the transport out while os.sendfile uses its socket)
+        found = self.__dict__.get("_np_transports")
+        if found is None:
+            found = self.__dict__["_np_transports"] = weakref.WeakValueDictionary()
+        return found
 
     @property
     def _unix_server_sockets(self) -> dict[Any, Any]:
