@@ -110,6 +110,21 @@ class Recorder(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
+async def _connect_to_raw_peer(
+        api: Any, proto: asyncio.BaseProtocol) -> tuple[socket.socket, socket.socket, Any]:
+    """A netpoll transport running ``proto``, connected to a plain socket.
+
+    Returns (listening socket, the accepted peer socket, the transport)."""
+    loop = asyncio.get_running_loop()
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.setblocking(False)
+    connecting = asyncio.ensure_future(
+        api.create_connection(lambda: proto, *lsock.getsockname()))
+    peer, _ = await loop.sock_accept(lsock)
+    tr, _ = await connecting
+    return lsock, peer, tr
+
+
 async def _serve(api: Any, factory: Callable[[], asyncio.BaseProtocol]) -> tuple[Any, int]:
     server = await api.create_server(factory, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
@@ -244,14 +259,9 @@ def test_flow_control_pause_resume_writing(np_run: Callable[..., Any]) -> None:
 
 def test_pause_reading_holds_data(np_run: Callable[..., Any]) -> None:
     async def main(api: Any) -> None:
-        lsock = socket.create_server(("127.0.0.1", 0))
-        lsock.setblocking(False)
         loop = asyncio.get_running_loop()
         rec = Recorder()
-        connecting = asyncio.ensure_future(
-            api.create_connection(lambda: rec, *lsock.getsockname()))
-        peer, _ = await loop.sock_accept(lsock)
-        tr, _ = await connecting
+        lsock, peer, tr = await _connect_to_raw_peer(api, rec)
         try:
             tr.pause_reading()
             assert not tr.is_reading()
@@ -273,14 +283,8 @@ def test_pause_reading_holds_data(np_run: Callable[..., Any]) -> None:
 
 def test_reset_gives_connection_reset_error(np_run: Callable[..., Any]) -> None:
     async def main(api: Any) -> None:
-        lsock = socket.create_server(("127.0.0.1", 0))
-        lsock.setblocking(False)
-        loop = asyncio.get_running_loop()
         rec = Recorder()
-        connecting = asyncio.ensure_future(
-            api.create_connection(lambda: rec, *lsock.getsockname()))
-        peer, _ = await loop.sock_accept(lsock)
-        tr, _ = await connecting
+        lsock, peer, tr = await _connect_to_raw_peer(api, rec)
         await asyncio.sleep(0.01)
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         peer.close()  # RST
@@ -458,13 +462,8 @@ def test_sendfile_fallback_and_writelines(np_run: Callable[..., Any], tmp_path: 
 
     async def main(api: Any) -> None:
         loop = asyncio.get_running_loop()
-        lsock = socket.create_server(("127.0.0.1", 0))
-        lsock.setblocking(False)
         rec = Recorder()
-        connecting = asyncio.ensure_future(
-            api.create_connection(lambda: rec, *lsock.getsockname()))
-        peer, _ = await loop.sock_accept(lsock)
-        tr, _ = await connecting
+        lsock, peer, tr = await _connect_to_raw_peer(api, rec)
         try:
             if type(loop).sendfile is asyncio.AbstractEventLoop.sendfile:
                 tr.write(payload)  # a plain uvloop loop has no sendfile at all
@@ -509,13 +508,8 @@ def test_sendfile_is_native(
     async def main(api: Any) -> None:
         loop = asyncio.get_running_loop()
         native = type(loop).sendfile is not asyncio.AbstractEventLoop.sendfile
-        lsock = socket.create_server(("127.0.0.1", 0))
-        lsock.setblocking(False)
         rec = Recorder()
-        connecting = asyncio.ensure_future(
-            api.create_connection(lambda: rec, *lsock.getsockname()))
-        peer, _ = await loop.sock_accept(lsock)
-        tr, _ = await connecting
+        lsock, peer, tr = await _connect_to_raw_peer(api, rec)
         head = b"head" * 100_000          # queued output the sendfile must wait for
         want = head + payload + b"tail"
         got = bytearray()

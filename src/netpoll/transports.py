@@ -140,9 +140,8 @@ class NetpollTransport(_CoreSlot):
     """
 
     _start_tls_compatible = True
-    # loop.sendfile(): os.sendfile on a selector base loop (asyncio's _sendfile_native:
-    # reading paused, the output drained, then sock_sendfile on the socket); the
-    # base loop's fallback elsewhere
+    # loop.sendfile(): os.sendfile (asyncio's _sendfile_native: reading paused, the
+    # output drained, then sock_sendfile on the socket; borrowed over uvloop below)
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _sock: socket.socket | None = None  # read by __del__ even if __init__ failed
     _core: TransportCore | None = None
@@ -481,22 +480,24 @@ class _BorrowedMixin(_RouteMixin):
     def _debug(self) -> bool:
         return bool(self._np_loop.get_debug())
 
+    def _own(self, name: str, make: Callable[[], Any]) -> Any:
+        # an attribute asyncio's borrowed code expects on the loop, made on first use
+        found = self.__dict__.get(name)
+        if found is None:
+            found = self.__dict__[name] = make()
+        return found
+
     @property
     def _transports(self) -> Any:
         # asyncio's fd -> transport map (NetpollTransport registers; _sendfile_native
         # takes the transport out while os.sendfile uses its socket)
-        found = self.__dict__.get("_np_transports")
-        if found is None:
-            found = self.__dict__["_np_transports"] = weakref.WeakValueDictionary()
-        return found
+        return self._own("_np_transports", weakref.WeakValueDictionary)
 
     @property
     def _unix_server_sockets(self) -> dict[Any, Any]:
         # Python 3.13's create_unix_server/_stop_serving record the socket paths
         # to unlink at close here.
-        found: dict[Any, Any] | None = self.__dict__.get("_np_unix_server_sockets")
-        if found is None:
-            found = self.__dict__["_np_unix_server_sockets"] = {}
+        found: dict[Any, Any] = self._own("_np_unix_server_sockets", dict)
         return found
 
     def _add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None:
